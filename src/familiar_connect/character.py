@@ -123,6 +123,7 @@ class PolicySection(_Strict):
     familiar_daily_tokens: int = Field(ge=0)
     familiar_daily_cost_usd: float = Field(ge=0)
     answer_mentions_outside_subscriptions: bool = True
+    unprompted_gap_s: float = Field(default=30.0, ge=0, le=86_400)
     allow: PlatformLists = Field(default_factory=PlatformLists)
     deny: PlatformLists = Field(default_factory=PlatformLists)
 

@@ -32,6 +32,7 @@ _EXPECTED_TABLES = {
     "vault_secrets",
     "notes",
     "notes_fts",
+    "memory_watermarks",
 }
 
 
@@ -128,7 +129,7 @@ class TestOpenDatabase:
         conn = sqlite3.connect(db_path)
         conn.execute("PRAGMA user_version = 99")
         conn.close()
-        with pytest.raises(MigrationError, match=r"version 99 is newer.*up to 5"):
+        with pytest.raises(MigrationError, match=rf"version 99 is newer.*up to {len(MIGRATIONS)}"):
             await open_database(db_path)
         assert _user_version(db_path) == 99
 
@@ -179,7 +180,7 @@ class TestMigrations:
                 "INSERT INTO no_such_table VALUES (1)",
             ),
         )
-        with pytest.raises(MigrationError, match=r"migration 6 \(broken\) failed"):
+        with pytest.raises(MigrationError, match=rf"migration {broken.version} \(broken\) failed"):
             await open_database(db_path, migrations=(*MIGRATIONS, broken))
         assert _user_version(db_path) == len(MIGRATIONS)
         assert "half_done" not in _tables(db_path)

@@ -215,7 +215,30 @@ _NOTES = Migration(
     ),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_HISTORY, _USAGE, _SUBSCRIPTIONS_PRIVACY, _VAULT, _NOTES)
+_MEMORY_WATERMARKS = Migration(
+    version=6,
+    name="memory_watermarks",
+    statements=(
+        # IF NOT EXISTS: databases made before this migration may already have the table,
+        # which WatermarkStore.create used to make on its own.
+        """
+        CREATE TABLE IF NOT EXISTS memory_watermarks (
+            conversation TEXT PRIMARY KEY,
+            last_turn_id INTEGER NOT NULL,
+            updated_at_us INTEGER NOT NULL
+        )
+        """,
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (
+    _HISTORY,
+    _USAGE,
+    _SUBSCRIPTIONS_PRIVACY,
+    _VAULT,
+    _NOTES,
+    _MEMORY_WATERMARKS,
+)
 """Every migration this program knows, in order."""
 
 

@@ -1,0 +1,375 @@
+"""The composition root: build every part of a familiar from its settings, run it, close it.
+
+:func:`open_familiar` opens the familiar's directory, database, memory store,
+indexes, LLM client, tools and orchestrator, and closes them in reverse order
+(flushing history and index updates) when the ``async with`` ends — whatever
+ends it. :class:`App` runs the familiar's services (the orchestrator, the
+background writers and every configured platform) under one
+:class:`~familiar_connect.supervisor.Supervisor`, with SIGINT/SIGTERM wired to a
+clean stop. ``familiar chat`` uses the same :func:`open_familiar`, so the
+terminal talks to exactly the familiar the platforms do.
+
+Nothing here talks to a network at import time; every endpoint comes from
+:class:`~familiar_connect.settings.Settings`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import structlog
+
+from familiar_connect.character import Character, LLMCallConfig
+from familiar_connect.conversation.context import ContextBuilder
+from familiar_connect.conversation.memory_tools import memory_tools
+from familiar_connect.conversation.orchestrator import Orchestrator
+from familiar_connect.conversation.tools import ToolRegistry
+from familiar_connect.conversation.turn import TurnRunner
+from familiar_connect.core.policy import (
+    AccessPolicy,
+    BudgetLedger,
+    InputLimiter,
+    RateLimiter,
+    TurnPolicy,
+)
+from familiar_connect.core.prompt import PromptBudget
+from familiar_connect.errors import FamiliarError, StorageError
+from familiar_connect.llm.openrouter import OpenRouterClient
+from familiar_connect.llm.types import CallSettings
+from familiar_connect.logs import safe_error_text
+from familiar_connect.memory.async_store import AsyncMemoryStore
+from familiar_connect.memory.store import MemoryStore
+from familiar_connect.memory.writer import MemoryWriter
+from familiar_connect.settings import Settings
+from familiar_connect.storage.db import Database, open_database
+from familiar_connect.storage.history import HistoryStore, HistoryWriter
+from familiar_connect.storage.notes_index import NotesIndex
+from familiar_connect.storage.privacy import PrivacyStore
+from familiar_connect.storage.subscriptions import SubscriptionStore
+from familiar_connect.storage.usage import UsageStore
+from familiar_connect.storage.watermarks import WatermarkStore
+from familiar_connect.supervisor import Service, Supervisor
+
+__all__ = ["App", "Familiar", "FunctionService", "build_app", "call_settings", "open_familiar"]
+
+log = structlog.get_logger(__name__)
+
+# The familiar's own author id in history (its replies), per process.
+FAMILIAR_AUTHOR_ID = "familiar"
+_MEMORY_LAYOUT = ("self", "people", "topics", "sessions")
+
+
+@dataclass
+class FunctionService:
+    """A service made from a coroutine function (``run`` until cancelled)."""
+
+    name: str
+    target: Callable[[], Awaitable[None]]
+
+    async def run(self) -> None:
+        await self.target()
+
+
+def call_settings(config: LLMCallConfig) -> CallSettings:
+    """The LLM client's per-call settings for one call site of the character."""
+    return CallSettings(
+        model=config.model,
+        fallback_models=tuple(config.fallback_models),
+        temperature=config.temperature,
+        max_tokens=config.max_tokens,
+        reasoning_effort=config.reasoning_effort,
+    )
+
+
+@dataclass
+class Familiar:
+    """Every long-lived part of one running familiar."""
+
+    settings: Settings
+    character: Character
+    db: Database
+    memory: AsyncMemoryStore
+    notes_index: NotesIndex
+    history: HistoryStore
+    history_writer: HistoryWriter
+    usage: UsageStore
+    privacy: PrivacyStore
+    subscriptions: SubscriptionStore
+    llm: OpenRouterClient
+    tools: ToolRegistry
+    orchestrator: Orchestrator
+    memory_writer: MemoryWriter | None
+    services: list[Service] = field(default_factory=list)
+
+
+def _build_policy(character: Character, opted_out: set[tuple[str, str]]) -> TurnPolicy:
+    policy = character.config.policy
+    allow = {
+        platform: (frozenset(ids) if ids else None)
+        for platform, ids in policy.allow.model_dump().items()
+    }
+    deny = {platform: frozenset(ids) for platform, ids in policy.deny.model_dump().items()}
+    return TurnPolicy(
+        access=AccessPolicy(allow=allow, deny=deny, opted_out={f"{p}:{u}" for p, u in opted_out}),
+        rate_limiter=RateLimiter(policy.rate_per_minute / 60.0, policy.burst),
+        budget=BudgetLedger(
+            per_user_daily_tokens=policy.user_daily_tokens or None,
+            per_user_daily_cost_usd=policy.user_daily_cost_usd or None,
+            familiar_daily_tokens=policy.familiar_daily_tokens or None,
+            familiar_daily_cost_usd=policy.familiar_daily_cost_usd or None,
+        ),
+        input_limiter=InputLimiter(character.config.limits.max_input_chars),
+    )
+
+
+def _prompt_budget(character: Character) -> PromptBudget:
+    limits = character.config.limits
+    return PromptBudget(
+        max_total_tokens=limits.prompt_max_tokens,
+        max_persona_tokens=limits.persona_max_tokens,
+        max_memory_tokens=max(limits.memory_max_tokens, 64),
+        max_history_tokens=max(limits.history_max_tokens, 64),
+        max_input_tokens=max(limits.max_input_chars // 2, 160),
+        max_item_chars=limits.max_input_chars,
+    )
+
+
+def _prepare_dirs(familiar_dir: Path) -> Path:
+    familiar_dir.mkdir(parents=True, exist_ok=True)
+    # The familiar's files are the operator's alone.
+    os.chmod(familiar_dir, 0o700)
+    memory_root = familiar_dir / "memory"
+    for name in _MEMORY_LAYOUT:
+        (memory_root / name).mkdir(parents=True, exist_ok=True)
+    return memory_root
+
+
+def _all_notes(store: MemoryStore) -> list[tuple[str, str]]:
+    notes: list[tuple[str, str]] = []
+    for rel_path in store.glob("**/*.md"):
+        try:
+            notes.append((rel_path, store.read_file(rel_path)))
+        except FamiliarError as exc:
+            log.warning("note_not_indexed", rel_path=rel_path, error=str(exc))
+    return notes
+
+
+@contextlib.asynccontextmanager
+async def open_familiar(settings: Settings, character: Character) -> AsyncIterator[Familiar]:
+    """Open every part of the familiar; close all of it when the block ends.
+
+    Raises:
+        StorageError, MigrationError: the database cannot be opened.
+        MemoryStoreError, AuditLogError: the memory directory cannot be used.
+    """
+    async with contextlib.AsyncExitStack() as stack:
+        familiar_dir = settings.familiar_dir
+        memory_root = await asyncio.to_thread(_prepare_dirs, familiar_dir)
+        db = await open_database(familiar_dir / "familiar.db")
+        stack.push_async_callback(db.close)
+
+        store = await asyncio.to_thread(
+            MemoryStore, memory_root, audit_path=familiar_dir / "audit.jsonl"
+        )
+        memory = AsyncMemoryStore(store)
+        notes_index = NotesIndex(db)
+        stack.push_async_callback(notes_index.aclose)
+        memory.add_write_listener(notes_index.listener_for(asyncio.get_running_loop()))
+
+        history = HistoryStore(db)
+        history_writer = HistoryWriter(history)
+        stack.push_async_callback(_close_history_writer, history_writer)
+        usage = UsageStore(db)
+        privacy = PrivacyStore(db)
+        subscriptions = SubscriptionStore(db)
+        watermarks = await WatermarkStore.create(db)
+
+        llm = OpenRouterClient(
+            base_url=settings.openrouter_base_url,
+            api_key=(
+                settings.openrouter_api_key.get_secret_value()
+                if settings.openrouter_api_key is not None
+                else None
+            ),
+            connect_timeout_s=settings.llm_connect_timeout_s,
+            read_timeout_s=settings.llm_read_timeout_s,
+            referer=settings.openrouter_referer,
+            title=settings.openrouter_title,
+            max_retries=settings.llm_max_retries,
+        )
+        stack.push_async_callback(llm.aclose)
+
+        limits = character.config.limits
+        tools = ToolRegistry(memory_root=memory_root)
+        for tool in memory_tools(memory, notes_index):
+            tools.register(tool)
+        llm_config = character.config.llm
+        calls = {
+            "reply": call_settings(llm_config.reply),
+            "voice_reply": call_settings(llm_config.voice_reply),
+            "memory_writer": call_settings(llm_config.memory_writer),
+        }
+        writer_config = character.config.memory_writer
+        memory_writer = (
+            MemoryWriter(
+                llm=llm,
+                call=calls["memory_writer"],
+                store=memory,
+                history=history,
+                watermarks=watermarks,
+                familiar_name=character.display_name,
+                every_n_turns=writer_config.every_n_turns,
+                idle_s=writer_config.idle_s,
+            )
+            if writer_config.enabled
+            else None
+        )
+        if memory_writer is not None:
+            # Runs before the database closes: a pass cancelled mid-write finishes or rolls back.
+            stack.push_async_callback(memory_writer.aclose)
+        policy = _build_policy(character, await privacy.opted_out_users())
+        today_usage = await usage.totals_for_day(datetime.now(UTC).date())
+        policy.budget.charge_familiar(
+            datetime.now(UTC).date(), today_usage.tokens, today_usage.cost_usd
+        )
+        orchestrator = Orchestrator(
+            character=character,
+            familiar_user_id=FAMILIAR_AUTHOR_ID,
+            runner=TurnRunner(
+                llm=llm,
+                tools=tools,
+                max_tool_iterations=limits.max_tool_iterations,
+                tool_timeout_s=limits.tool_timeout_s,
+                max_tool_result_chars=limits.max_tool_result_chars,
+                max_reply_chars=limits.max_reply_chars,
+            ),
+            context=ContextBuilder(
+                character=character,
+                memory=memory,
+                notes_index=notes_index,
+                history=history,
+                budget=_prompt_budget(character),
+            ),
+            policy=policy,
+            calls=calls,
+            history_writer=history_writer,
+            usage=usage,
+            note_turn=memory_writer.note_turn if memory_writer is not None else None,
+            unprompted_gap_s=character.config.policy.unprompted_gap_s,
+        )
+
+        async def rebuild_index() -> None:
+            notes = await asyncio.to_thread(_all_notes, store)
+            await notes_index.rebuild(notes)
+
+        services: list[Service] = [
+            FunctionService("orchestrator", orchestrator.run),
+            FunctionService("history_writer", history_writer.run),
+            FunctionService("notes_index_rebuild", rebuild_index),
+        ]
+        if memory_writer is not None:
+            services.append(FunctionService("memory_writer", memory_writer.run))
+        yield Familiar(
+            settings=settings,
+            character=character,
+            db=db,
+            memory=memory,
+            notes_index=notes_index,
+            history=history,
+            history_writer=history_writer,
+            usage=usage,
+            privacy=privacy,
+            subscriptions=subscriptions,
+            llm=llm,
+            tools=tools,
+            orchestrator=orchestrator,
+            memory_writer=memory_writer,
+            services=services,
+        )
+
+
+async def _close_history_writer(writer: HistoryWriter) -> None:
+    try:
+        await writer.aclose()
+    except StorageError as exc:
+        log.error("history_not_flushed_on_close", error=str(exc))
+
+
+# --- platforms -------------------------------------------------------------------------
+
+PlatformFactory = Callable[[Familiar], Service]
+
+
+@dataclass
+class App:
+    """The familiar with its platforms, run by ``familiar run``."""
+
+    settings: Settings
+    character: Character
+    platforms: dict[str, PlatformFactory] = field(default_factory=dict)
+    unavailable: list[str] = field(default_factory=list)
+    supervisor: Supervisor | None = None
+
+    def has_platforms(self) -> bool:
+        """At least one configured platform can run in this build."""
+        return bool(self.platforms)
+
+    def unavailable_note(self) -> str:
+        """A sentence naming configured platforms this build cannot run yet, or ``""``."""
+        if not self.unavailable:
+            return ""
+        return (
+            " Configured but not available in this build yet: "
+            + ", ".join(self.unavailable)
+            + " (see README, Status)."
+        )
+
+    async def run(self, *, install_signals: bool = True) -> None:
+        """Run until SIGINT/SIGTERM or a fatal error; close everything before returning.
+
+        Raises:
+            ConfigError, ProviderAuthError: a service hit a fatal error.
+        """
+        async with open_familiar(self.settings, self.character) as familiar:
+            services = list(familiar.services)
+            services.extend(factory(familiar) for factory in self.platforms.values())
+            self.supervisor = Supervisor(services, describe_error=safe_error_text)
+            loop = asyncio.get_running_loop()
+            if install_signals:
+                for signum in (signal.SIGINT, signal.SIGTERM):
+                    loop.add_signal_handler(signum, self._on_signal, signum)
+            try:
+                log.info(
+                    "familiar_ready",
+                    familiar=self.settings.familiar_id,
+                    services=[service.name for service in services],
+                )
+                await self.supervisor.run()
+            finally:
+                if install_signals:
+                    for signum in (signal.SIGINT, signal.SIGTERM):
+                        loop.remove_signal_handler(signum)
+        log.info("familiar_stopped", familiar=self.settings.familiar_id)
+
+    def _on_signal(self, signum: int) -> None:
+        log.info("shutdown_requested", signal=signal.Signals(signum).name)
+        if self.supervisor is not None:
+            self.supervisor.stop()
+
+
+def build_app(settings: Settings, character: Character) -> App:
+    """The app for these settings: which platforms are configured and can run in this build."""
+    app = App(settings=settings, character=character)
+    # Platform adapters register here as they land (Discord text and voice, Twitch).
+    if settings.discord_configured:
+        app.unavailable.append("Discord (DISCORD_TOKEN)")
+    if settings.twitch_configured:
+        app.unavailable.append("Twitch (TWITCH_CLIENT_ID)")
+    return app
