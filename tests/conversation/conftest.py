@@ -128,6 +128,8 @@ async def fixture_make_harness(
         character = load_character(settings.familiar_id, settings.familiar_dir)
         context = open_familiar(settings, character)
         familiar = await context.__aenter__()
+        # As if a platform had subscribed every channel: the familiar hears everything.
+        familiar.subscription_checks.append(lambda _key: True)
         supervisor = Supervisor(list(familiar.services))
         task = asyncio.create_task(supervisor.run())
         for _ in range(100):

@@ -39,6 +39,23 @@ class TestTextTurns:
         timings = harness.orchestrator.recent_timings[-1]
         assert timings.posted_ns is not None and timings.first_token_ns is not None
 
+    async def test_input_appears_once_and_earlier_chat_is_context(
+        self, make_harness: HarnessFactory
+    ) -> None:
+        """The new message is in the prompt exactly once, after earlier remembered chatter."""
+        harness = await make_harness()
+        harness.orchestrator.is_subscribed = lambda _key: False
+        harness.say("the weather is lovely", sink=RecordingSink(), mentioned=False)
+        await harness.familiar.history_writer.flush()
+        harness.fake.reply_text("It is.")
+        harness.say("familiar, agree?", sink=RecordingSink())
+        await harness.settle()
+        messages = harness.fake.chat_requests[0].json["messages"]
+        everything = "\n".join(m["content"] for m in messages)
+        assert everything.count("familiar, agree?") == 1
+        assert everything.count("the weather is lovely") == 1
+        assert everything.index("the weather is lovely") < everything.index("familiar, agree?")
+
     async def test_usage_recorded_per_user(self, make_harness: HarnessFactory) -> None:
         """The usage chunk of the stream is stored against the user who was answered."""
         harness = await make_harness()
@@ -294,6 +311,52 @@ class TestCancellation:
         assert sink.posted == ["Yes?"]
         assert harness.fake.chat_requests[-1].json["model"]
         assert harness.orchestrator.stats.cancelled == 1
+
+
+class TestOperatorControls:
+    async def test_pause_remembers_but_does_not_answer(self, make_harness: HarnessFactory) -> None:
+        """While paused the familiar stores input without calling the model; resume answers again."""
+        harness = await make_harness()
+        harness.orchestrator.pause()
+        assert harness.say("anyone?", sink=RecordingSink()) == "remembered"
+        harness.orchestrator.resume()
+        harness.fake.reply_text("Back.")
+        sink = RecordingSink()
+        harness.say("now?", sink=sink)
+        await harness.settle()
+        assert sink.posted == ["Back."]
+        assert len(harness.fake.chat_requests) == 1
+
+    async def test_muted_user_is_ignored_entirely(self, make_harness: HarnessFactory) -> None:
+        """A muted person's messages are neither answered nor stored."""
+        harness = await make_harness()
+        harness.orchestrator.mute("discord:1001")
+        assert harness.say("hello", sink=RecordingSink()) == "ignored"
+        await harness.familiar.history_writer.flush()
+        assert await _history(harness) == []
+
+    async def test_observer_sees_turn_lifecycle(self, make_harness: HarnessFactory) -> None:
+        """The observer hears event_received, turn_started and turn_finished with timings."""
+        harness = await make_harness()
+        seen: list[tuple[str, dict]] = []
+        harness.orchestrator.observer = lambda kind, data: seen.append((kind, data))
+        harness.fake.reply_text("Hi.")
+        harness.say("hi", sink=RecordingSink())
+        await harness.settle()
+        kinds = [kind for kind, _ in seen]
+        assert kinds == ["event_received", "turn_started", "turn_finished"]
+        finished = seen[-1][1]
+        assert finished["outcome"] == "replied" and finished["text"] == "Hi."
+        assert "posted" in finished["timings_ms"]
+
+    async def test_last_prompt_kept_per_conversation(self, make_harness: HarnessFactory) -> None:
+        """The prompt of the last turn in a conversation is kept for /context."""
+        harness = await make_harness()
+        harness.fake.reply_text("Hi.")
+        harness.say("show me context", sink=RecordingSink())
+        await harness.settle()
+        prompt = harness.orchestrator.last_prompts["discord:500"]
+        assert "show me context" in prompt[-1]["content"]
 
 
 class TestLimits:

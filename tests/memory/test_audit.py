@@ -104,7 +104,7 @@ class TestAuditLog:
         assert not (tmp_path / "a.jsonl").exists()
 
     @pytest.mark.parametrize(
-        ("operation", "sha"), [("delete", SHA_A), ("write", "nothex"), ("write", SHA_A.upper())]
+        ("operation", "sha"), [("rename", SHA_A), ("write", "nothex"), ("write", SHA_A.upper())]
     )
     def test_malformed_append_rejected(self, tmp_path: Path, operation: str, sha: str) -> None:
         """An unknown operation or a malformed sha256 raises AuditLogError and writes nothing."""

@@ -577,6 +577,52 @@ class TestAppendFile:
         assert (store.root / "bin.md").read_bytes() == b"\xff"
 
 
+class TestDeleteFile:
+    def test_deletes_and_audits(self, store: MemoryStore) -> None:
+        """delete_file removes the file and appends a delete record with its source."""
+        store.write_file("people/discord-1.md", "Alice", source="memory_writer")
+        assert store.delete_file("people/discord-1.md", source="user-request") is True
+        assert not (store.root / "people" / "discord-1.md").exists()
+        entry = store.audit_entries[-1]
+        assert (entry.operation, entry.source, entry.bytes_written) == (
+            "delete",
+            "user-request",
+            0,
+        )
+        assert verify_audit(store.audit_path, store.root).ok
+
+    def test_missing_file_returns_false_without_record(self, store: MemoryStore) -> None:
+        """Deleting a file that does not exist changes nothing and records nothing."""
+        assert store.delete_file("people/nobody.md", source="user-request") is False
+        assert store.audit_entries == []
+
+    def test_refuses_escapes_and_directories(self, store: MemoryStore, outside: Path) -> None:
+        """delete_file cannot leave the root and does not remove directories."""
+        (outside / "keep.txt").write_text("keep")
+        with pytest.raises(MemoryStorePathError):
+            store.delete_file("../outside/keep.txt", source="operator")
+        store.write_file("people/x.md", "x", source="operator")
+        with pytest.raises(MemoryStoreError):
+            store.delete_file("people", source="operator")
+        assert (outside / "keep.txt").read_text() == "keep"
+
+    def test_listeners_hear_deletion_as_none(self, store: MemoryStore) -> None:
+        """Write listeners get content None for a deleted file."""
+        seen: list[tuple[str, str | None]] = []
+        store.write_file("a.md", "a", source="operator")
+        store.add_write_listener(lambda path, content: seen.append((path, content)))
+        store.delete_file("a.md", source="operator")
+        assert seen == [("a.md", None)]
+
+    def test_recreated_file_after_delete_is_reported(self, store: MemoryStore) -> None:
+        """A file put back behind the store's back after a delete fails verification."""
+        store.write_file("a.md", "a", source="operator")
+        store.delete_file("a.md", source="operator")
+        (store.root / "a.md").write_text("back")
+        result = verify_audit(store.audit_path, store.root)
+        assert not result.ok and "recreated outside the store" in result.problems[0]
+
+
 class TestWriteListeners:
     def test_called_with_full_content(self, store: MemoryStore) -> None:
         """Listeners get the canonical path and the full new content after writes and appends."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -45,10 +45,10 @@ _MAX_NOTE_CHARS = 6_000
 _MAX_SEARCH_QUERY_CHARS = 300
 
 
-def people_note_path(author: Author) -> str:
+def people_note_path(platform: str, user_id: str) -> str:
     """``people/<platform>-<user id>.md``: where the familiar keeps notes about someone."""
-    safe_id = "".join(ch for ch in author.user_id if ch.isalnum() or ch in "-_")[:64] or "unknown"
-    return f"people/{author.platform.value}-{safe_id}.md"
+    safe_id = "".join(ch for ch in user_id if ch.isascii() and (ch.isalnum() or ch in "-_"))
+    return f"people/{platform}-{safe_id[:64] or 'unknown'}.md"
 
 
 class HistoryWindow:
@@ -57,8 +57,16 @@ class HistoryWindow:
     def __init__(self, *, max_lines: int) -> None:
         self._lines: deque[HistoryLine] = deque(maxlen=max_lines)
 
-    def extend_from_turns(self, turns: Iterable[Turn], *, familiar_id: str) -> None:
+    def extend_from_turns(
+        self,
+        turns: Iterable[Turn],
+        *,
+        familiar_id: str,
+        exclude_author: Callable[[str, str], bool] | None = None,
+    ) -> None:
         for turn in turns:
+            if exclude_author is not None and exclude_author(turn.platform, turn.author_id):
+                continue
             if turn.role == "assistant" or turn.author_id == familiar_id:
                 self.add_assistant(turn.content)
             elif turn.role in ("user", "event"):
@@ -119,6 +127,7 @@ class ContextBuilder:
         history_lines: int = 60,
         search_hits: int = 3,
         operator_notes_ttl_s: float = 10.0,
+        exclude_author: Callable[[str, str], bool] | None = None,
     ) -> None:
         self.character = character
         self.memory = memory
@@ -129,9 +138,19 @@ class ContextBuilder:
         self.search_hits = search_hits
         self._operator_notes_ttl_ns = int(operator_notes_ttl_s * 1e9)
         self._operator_notes: _CachedNotes | None = None
+        self.exclude_author = exclude_author
 
-    async def new_window(self, key: ConversationKey, *, familiar_id: str) -> HistoryWindow:
-        """A history window for ``key``, seeded from the store (empty if it cannot be read)."""
+    async def new_window(
+        self, key: ConversationKey, *, familiar_id: str, before: datetime | None = None
+    ) -> HistoryWindow:
+        """A history window for ``key``, seeded from the store (empty if it cannot be read).
+
+        Args:
+            key: the conversation.
+            familiar_id: the familiar's own author id (its turns become assistant lines).
+            before: only turns stored before this moment (the inputs about to be answered
+                are added separately).
+        """
         window = HistoryWindow(max_lines=self.history_lines)
         if self.history is None:
             return window
@@ -142,7 +161,9 @@ class ContextBuilder:
         except FamiliarError as exc:
             log.warning("history_seed_failed", conversation=key.as_str(), error=str(exc))
             return window
-        window.extend_from_turns(turns, familiar_id=familiar_id)
+        if before is not None:
+            turns = [turn for turn in turns if turn.created_at < before]
+        window.extend_from_turns(turns, familiar_id=familiar_id, exclude_author=self.exclude_author)
         return window
 
     async def build(
@@ -218,7 +239,7 @@ class ContextBuilder:
     async def _people_snippets(self, authors: Iterable[Author]) -> list[MemorySnippet]:
         snippets = []
         for author in authors:
-            path = people_note_path(author)
+            path = people_note_path(author.platform.value, author.user_id)
             text = await self._read(path)
             if text:
                 snippets.append(MemorySnippet(f"memory:{path}", text))

@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -103,6 +103,7 @@ class _Item:
     addressed: bool
     notice: str | None = None
     notice_only: bool = False
+    stored_at: datetime | None = None
 
 
 @dataclass(slots=True)
@@ -138,6 +139,11 @@ class Orchestrator:
     max_actors: int = 1_000
     unprompted_gap_s: float = 30.0
     on_timings: Callable[[Timings], None] | None = None
+    observer: Callable[[str, dict[str, Any]], None] | None = None
+    paused: bool = False
+    muted: set[str] = field(default_factory=set)
+    max_saved_prompts: int = 256
+    last_prompts: OrderedDict[str, list[dict[str, str]]] = field(default_factory=OrderedDict)
     stats: OrchestratorStats = field(default_factory=OrchestratorStats)
     recent_timings: deque[Timings] = field(default_factory=lambda: deque(maxlen=500))
     _actors: dict[ConversationKey, _Actor] = field(default_factory=dict)
@@ -172,6 +178,42 @@ class Orchestrator:
         if actor is not None:
             await actor.idle.wait()
 
+    def pause(self) -> None:
+        """Stop answering everywhere (input is still remembered); cancel replies in flight."""
+        self.paused = True
+        for key in list(self._actors):
+            self.cancel(key)
+        self._emit("paused", paused=True)
+
+    def resume(self) -> None:
+        """Answer again after :meth:`pause`."""
+        self.paused = False
+        self._emit("paused", paused=False)
+
+    def mute(self, author_key: str) -> None:
+        """Ignore one person (``"discord:123"``) until :meth:`unmute`; nothing of theirs is kept."""
+        self.muted.add(author_key)
+
+    def unmute(self, author_key: str) -> None:
+        self.muted.discard(author_key)
+
+    def forget_windows(self) -> None:
+        """Drop every conversation's in-memory history; each re-reads it (filtered) next turn.
+
+        Called after a privacy change so an opted-out person's words leave the context.
+        """
+        for actor in self._actors.values():
+            actor.window = None
+
+    def _emit(self, kind: str, **data: Any) -> None:
+        """Tell the observer (the dashboard) what happened; it must never break a turn."""
+        if self.observer is None:
+            return
+        try:
+            self.observer(kind, data)
+        except Exception:
+            log.exception("observer_failed", kind=kind)
+
     def is_replying(self, key: ConversationKey) -> bool:
         actor = self._actors.get(key)
         return actor is not None and actor.turn is not None and not actor.turn.done()
@@ -191,11 +233,20 @@ class Orchestrator:
         raw_text = _text_of(event)
         addressed = self._is_addressed(event, raw_text)
         access = self.policy.access.decide(event.author)
+        if event.author.key in self.muted:
+            access = type(access)(False, "muted")
         if not access.allowed:
             self.stats.ignored += 1
             log.debug("event_ignored", conversation=event.key.as_str(), reason=access.reason)
             return "ignored"
-        wants_reply = addressed or self.is_subscribed(event.key)
+        wants_reply = (addressed or self.is_subscribed(event.key)) and not self.paused
+        self._emit(
+            "event_received",
+            conversation=event.key.as_str(),
+            author=event.author.shown_name,
+            modality=modality_of(event).value,
+            addressed=addressed,
+        )
         if not wants_reply:
             text, _ = self.policy.input_limiter.limit(raw_text)
             self._remember(event, text)
@@ -213,8 +264,8 @@ class Orchestrator:
             item = _Item(event, "", addressed, notice=verdict.notice, notice_only=True)
             return "refused" if self._enqueue(event.key, sink, item) else "overflow"
         self.stats.accepted += 1
-        self._remember(event, verdict.text)
-        item = _Item(event, verdict.text, addressed, notice=verdict.notice)
+        stored_at = self._remember(event, verdict.text)
+        item = _Item(event, verdict.text, addressed, notice=verdict.notice, stored_at=stored_at)
         if isinstance(event, Utterance):
             # Barge-in: someone spoke, so the reply being spoken is now stale.
             self.cancel(event.key)
@@ -265,7 +316,8 @@ class Orchestrator:
             return False
         return True
 
-    def _remember(self, event: Inbound, text: str) -> None:
+    def _remember(self, event: Inbound, text: str) -> datetime:
+        """Queue the input for history; return its timestamp."""
         author = event.author
         modality = modality_of(event)
         turn = Turn(
@@ -279,6 +331,7 @@ class Orchestrator:
             created_at=datetime.now(UTC),
         )
         self._store_turn(turn)
+        return turn.created_at
 
     def _store_turn(self, turn: Turn) -> None:
         if self.history_writer is not None and not self.history_writer.submit(turn):
@@ -291,9 +344,6 @@ class Orchestrator:
     async def _actor_loop(self, actor: _Actor) -> None:
         idle_s = self.character.config.limits.actor_idle_s
         try:
-            actor.window = await self.context.new_window(
-                actor.key, familiar_id=self.familiar_user_id
-            )
             while True:
                 if actor.inbox.empty():
                     actor.idle.set()
@@ -328,7 +378,12 @@ class Orchestrator:
             return
         addressed = any(item.addressed for item in inputs)
         now_ns = time.monotonic_ns()
-        assert actor.window is not None
+        if actor.window is None:
+            # The batch's own inputs may already be in history: read only what came before.
+            stamps = [item.stored_at for item in inputs if item.stored_at is not None]
+            actor.window = await self.context.new_window(
+                actor.key, familiar_id=self.familiar_user_id, before=min(stamps, default=None)
+            )
         if not addressed:
             gap_ns = int(self.unprompted_gap_s * 1e9)
             if actor.last_unprompted_ns is not None and now_ns - actor.last_unprompted_ns < gap_ns:
@@ -359,6 +414,10 @@ class Orchestrator:
         )
         for item in inputs:
             actor.window.add_user(item.event.author.shown_name, item.text, _source(item.event))
+        self.last_prompts[actor.key.as_str()] = prompt.messages
+        self.last_prompts.move_to_end(actor.key.as_str())
+        while len(self.last_prompts) > self.max_saved_prompts:
+            self.last_prompts.popitem(last=False)
         messages = [ChatMessage(role=m["role"], content=m["content"]) for m in prompt.messages]
         tool_context = ToolContext(
             conversation=actor.key.as_str(),
@@ -370,6 +429,13 @@ class Orchestrator:
         sink = actor.sink
         outcome = "replied"
         delivered = ""
+        self._emit(
+            "turn_started",
+            conversation=actor.key.as_str(),
+            turn_id=turn_id,
+            modality=modality.value,
+            authors=sorted({item.event.author.shown_name for item in inputs}),
+        )
         try:
             await sink.begin()
         except Exception:
@@ -419,6 +485,16 @@ class Orchestrator:
         finally:
             actor.turn = None
         self._finish_turn(actor, last, delivered, progress, timings, call, outcome)
+        self._emit(
+            "turn_finished",
+            conversation=actor.key.as_str(),
+            turn_id=turn_id,
+            modality=modality.value,
+            outcome=outcome,
+            text=delivered[:500],
+            model=progress.model,
+            timings_ms=timings.durations_ms(),
+        )
         bound.info(
             "turn_finished",
             outcome=outcome,
@@ -459,8 +535,8 @@ class Orchestrator:
                 log.exception("timings_observer_failed")
         if not delivered:
             return
-        assert actor.window is not None
-        actor.window.add_assistant(delivered)
+        if actor.window is not None:
+            actor.window.add_assistant(delivered)
         meta: dict[str, Any] = {"outcome": outcome, "model": progress.model or call.model}
         meta["timings_ms"] = timings.durations_ms()
         self._store_turn(

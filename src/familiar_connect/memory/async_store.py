@@ -52,6 +52,14 @@ class AsyncMemoryStore:
         """See :meth:`MemoryStore.read_file`."""
         return await asyncio.to_thread(self.store.read_file, rel_path)
 
+    async def delete_file(
+        self, rel_path: str, *, source: str = "unknown", context: Mapping[str, str] | None = None
+    ) -> bool:
+        """See :meth:`MemoryStore.delete_file`."""
+        return await asyncio.to_thread(
+            self.store.delete_file, rel_path, source=source, context=context
+        )
+
     async def glob(self, pattern: str) -> list[str]:
         """See :meth:`MemoryStore.glob`."""
         return await asyncio.to_thread(self.store.glob, pattern)

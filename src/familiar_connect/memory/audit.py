@@ -47,6 +47,7 @@ from familiar_connect.errors import AuditLogError
 from familiar_connect.memory._paths import is_temp_name
 
 __all__ = [
+    "DELETED_SHA256",
     "GENESIS_HASH",
     "AuditEntry",
     "AuditLog",
@@ -66,9 +67,12 @@ GENESIS_HASH = "0" * 64
 _MAX_LINE_BYTES = 64 * 1024
 _HASH_CHUNK_BYTES = 1024 * 1024
 _HEX = frozenset("0123456789abcdef")
-_OPERATIONS = ("write", "append")
+_OPERATIONS = ("write", "append", "delete")
 
-Operation = Literal["write", "append"]
+Operation = Literal["write", "append", "delete"]
+
+DELETED_SHA256 = "0" * 64
+"""``sha256`` of a ``delete`` record: the file no longer exists."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -584,6 +588,18 @@ def _check_files(memory_root: Path, last_by_path: Mapping[str, AuditEntry]) -> l
                     "not_in_audit_log", f"file {rel_path!r}: not in audit log", rel_path=rel_path
                 )
             )
+            continue
+        if entry.operation == "delete":
+            if rel_path in on_disk:
+                issues.append(
+                    AuditProblem(
+                        "file_changed",
+                        f"file {rel_path!r}: exists although it was deleted at seq {entry.seq} "
+                        "(recreated outside the store)",
+                        seq=entry.seq,
+                        rel_path=rel_path,
+                    )
+                )
             continue
         if rel_path not in on_disk:
             issues.append(

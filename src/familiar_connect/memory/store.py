@@ -65,7 +65,13 @@ from familiar_connect.memory._paths import (
     read_bytes,
     scan_dir,
 )
-from familiar_connect.memory.audit import AuditEntry, AuditLog, Operation, quarantine_torn_tail
+from familiar_connect.memory.audit import (
+    DELETED_SHA256,
+    AuditEntry,
+    AuditLog,
+    Operation,
+    quarantine_torn_tail,
+)
 
 __all__ = [
     "AuditEntry",
@@ -81,7 +87,7 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
-WriteListener = Callable[[str, str], None]
+WriteListener = Callable[[str, str | None], None]
 """Called as ``listener(rel_path, full_new_content)`` after each successful write."""
 
 _MAX_PATTERN_CHARS = 1000
@@ -438,6 +444,71 @@ class MemoryStore:
         """
         self._write(rel_path, content, operation="append", source=source, context=context)
 
+    def delete_file(
+        self,
+        rel_path: str,
+        *,
+        source: str = "unknown",
+        context: Mapping[str, str] | None = None,
+    ) -> bool:
+        """Delete a file and record it in the audit log; return False if it did not exist.
+
+        Used for privacy requests ("delete my data") and by the operator; the
+        model's tools never delete. Listeners are told with ``content=None``.
+
+        Raises:
+            MemoryStorePathError: the path leaves the root.
+            MemoryStoreError: empty path, a directory, or an OS failure.
+            AuditLogError: the file was deleted but its record could not be appended.
+        """
+        _check_source(source)
+        pairs = _check_context(context)
+        parts = normalize_rel_path(rel_path)
+        if not parts:
+            raise MemoryStoreError("empty path: name a file to delete")
+        with self._lock:
+            try:
+                loc = locate(self._root_posix, parts)
+            except MemoryStorePathError:
+                raise
+            except MemoryStoreError:
+                if self._stat_in_root(parts) is None:
+                    return False  # a parent directory is missing: nothing to delete
+                raise
+            try:
+                if loc.st is None:
+                    return False
+                if loc.name is None or not stat.S_ISREG(loc.st.st_mode):
+                    raise MemoryStoreError(f"not a regular file: {loc.rel_path!r}")
+                try:
+                    os.unlink(loc.name, dir_fd=loc.parent_fd)
+                    os.fsync(loc.parent_fd)
+                except OSError as exc:
+                    raise MemoryStoreError(
+                        f"cannot delete {loc.rel_path!r}: {exc.strerror}"
+                    ) from exc
+            finally:
+                os.close(loc.parent_fd)
+            canonical = loc.rel_path
+            log.debug("memory_file_deleted", rel_path=canonical, source=source)
+            audit_error: AuditLogError | None = None
+            try:
+                self._audit.append(
+                    rel_path=canonical,
+                    operation="delete",
+                    bytes_written=0,
+                    source=source,
+                    sha256=DELETED_SHA256,
+                    context=pairs,
+                )
+            except AuditLogError as exc:
+                log.error("memory_audit_append_failed", rel_path=canonical, operation="delete")
+                audit_error = exc
+            self._notify(canonical, None)
+            if audit_error is not None:
+                raise audit_error
+            return True
+
     # -- internals -----------------------------------------------------------
 
     @contextlib.contextmanager
@@ -606,7 +677,7 @@ class MemoryStore:
             )
         return name, self._decode(old, loc.rel_path) + content, old + data
 
-    def _notify(self, rel_path: str, content: str) -> None:
+    def _notify(self, rel_path: str, content: str | None) -> None:
         for listener in list(self._listeners):
             try:
                 listener(rel_path, content)

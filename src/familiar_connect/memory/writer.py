@@ -39,7 +39,7 @@ import json
 import re
 import time
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Final, Literal
@@ -49,7 +49,7 @@ import structlog
 from familiar_connect.core.prompt import fence
 from familiar_connect.core.sanitize import cap_text, sanitize_name, strip_control
 from familiar_connect.errors import MemoryStoreError, ProviderError
-from familiar_connect.llm.types import CallSettings, ChatMessage, ChatModel
+from familiar_connect.llm.types import CallSettings, ChatMessage, ChatModel, UsageReport
 from familiar_connect.memory.async_store import AsyncMemoryStore
 from familiar_connect.storage.history import HistoryStore, Turn
 from familiar_connect.storage.watermarks import WatermarkStore
@@ -325,6 +325,9 @@ class MemoryWriter:
         max_existing_notes_chars: cap of the existing people notes shown.
         backoff_base_s: first retry delay after a failed pass.
         backoff_max_s: longest retry delay.
+        exclude_author: ``(platform, author_id) -> bool``; turns of people it
+            names (opted out of memory) are left out of every pass.
+        on_usage: awaited with each model call's usage report (usage store, budgets).
     """
 
     def __init__(
@@ -351,6 +354,8 @@ class MemoryWriter:
         max_existing_notes_chars: int = 64_000,
         backoff_base_s: float = 30.0,
         backoff_max_s: float = 1_800.0,
+        exclude_author: Callable[[str, str], bool] | None = None,
+        on_usage: Callable[[UsageReport], Awaitable[None]] | None = None,
     ) -> None:
         if every_n_turns < 1 or not 1 <= max_turns_per_pass <= 1_000:
             raise ValueError("every_n_turns must be >= 1 and max_turns_per_pass 1..1000")
@@ -373,6 +378,8 @@ class MemoryWriter:
         self._pass_lock = asyncio.Lock()
         self._commit_task: asyncio.Task[PassResult] | None = None
         self.stats = WriterStats()
+        self._exclude_author = exclude_author
+        self._on_usage = on_usage
 
     # -- scheduling ----------------------------------------------------------
 
@@ -501,6 +508,8 @@ class MemoryWriter:
     async def _pass(self, key: str, platform: str, channel: str) -> PassResult:
         watermark = await self._watermarks.get(key)
         turns = await self._history.since(platform, channel, watermark, limit=self._max_turns)
+        if self._exclude_author is not None:
+            turns = [t for t in turns if not self._exclude_author(t.platform, t.author_id)]
         if not turns:
             return PassResult(key, "no_new_turns", watermark=watermark)
         pieces = self._transcript(turns)
@@ -517,6 +526,11 @@ class MemoryWriter:
                 "memory_writer_llm_failed", conversation=key, error=error, status=exc.status
             )
             return PassResult(key, "llm_failed", len(included), watermark=watermark)
+        if completion.usage is not None and self._on_usage is not None:
+            try:
+                await self._on_usage(completion.usage)
+            except Exception:
+                log.warning("memory_writer_usage_not_recorded", conversation=key, exc_info=True)
         try:
             notes = parse_notes(
                 completion.text,
