@@ -32,6 +32,7 @@ from familiar_connect.conversation.memory_tools import memory_tools
 from familiar_connect.conversation.orchestrator import Orchestrator
 from familiar_connect.conversation.tools import ToolRegistry
 from familiar_connect.conversation.turn import TurnRunner
+from familiar_connect.core.events import ConversationKey, Platform
 from familiar_connect.core.policy import (
     AccessPolicy,
     BudgetLedger,
@@ -42,18 +43,19 @@ from familiar_connect.core.policy import (
 from familiar_connect.core.prompt import PromptBudget
 from familiar_connect.errors import FamiliarError, StorageError
 from familiar_connect.llm.openrouter import OpenRouterClient
-from familiar_connect.llm.types import CallSettings
-from familiar_connect.logs import safe_error_text
+from familiar_connect.llm.types import CallSettings, UsageReport
+from familiar_connect.logs import log_redactor, safe_error_text
 from familiar_connect.memory.async_store import AsyncMemoryStore
 from familiar_connect.memory.store import MemoryStore
 from familiar_connect.memory.writer import MemoryWriter
+from familiar_connect.privacy import PrivacyService
 from familiar_connect.settings import Settings
 from familiar_connect.storage.db import Database, open_database
 from familiar_connect.storage.history import HistoryStore, HistoryWriter
 from familiar_connect.storage.notes_index import NotesIndex
 from familiar_connect.storage.privacy import PrivacyStore
 from familiar_connect.storage.subscriptions import SubscriptionStore
-from familiar_connect.storage.usage import UsageStore
+from familiar_connect.storage.usage import UsageRecord, UsageStore
 from familiar_connect.storage.watermarks import WatermarkStore
 from familiar_connect.supervisor import Service, Supervisor
 
@@ -101,12 +103,20 @@ class Familiar:
     history_writer: HistoryWriter
     usage: UsageStore
     privacy: PrivacyStore
+    privacy_service: PrivacyService
     subscriptions: SubscriptionStore
     llm: OpenRouterClient
     tools: ToolRegistry
     orchestrator: Orchestrator
     memory_writer: MemoryWriter | None
     services: list[Service] = field(default_factory=list)
+    subscription_checks: list[Callable[[ConversationKey], bool]] = field(default_factory=list)
+
+    def is_subscribed(self, key: ConversationKey) -> bool:
+        """Whether any platform hears everything in ``key`` (the terminal always does)."""
+        if key.platform is Platform.TERMINAL:
+            return True
+        return any(check(key) for check in self.subscription_checks)
 
 
 def _build_policy(character: Character, opted_out: set[tuple[str, str]]) -> TurnPolicy:
@@ -169,6 +179,8 @@ async def open_familiar(settings: Settings, character: Character) -> AsyncIterat
         StorageError, MigrationError: the database cannot be opened.
         MemoryStoreError, AuditLogError: the memory directory cannot be used.
     """
+    # Whatever configured logging, text shown to people is scrubbed of these secrets too.
+    log_redactor().add_secrets(settings.secret_values())
     async with contextlib.AsyncExitStack() as stack:
         familiar_dir = settings.familiar_dir
         memory_root = await asyncio.to_thread(_prepare_dirs, familiar_dir)
@@ -216,6 +228,31 @@ async def open_familiar(settings: Settings, character: Character) -> AsyncIterat
             "voice_reply": call_settings(llm_config.voice_reply),
             "memory_writer": call_settings(llm_config.memory_writer),
         }
+        policy = _build_policy(character, await privacy.opted_out_users())
+        today = datetime.now(UTC).date()
+        today_usage = await usage.totals_for_day(today)
+        policy.budget.charge_familiar(today, today_usage.tokens, today_usage.cost_usd)
+
+        def opted_out(platform: str, user_id: str) -> bool:
+            return policy.access.is_opted_out(f"{platform}:{user_id}")
+
+        async def record_writer_usage(report: UsageReport) -> None:
+            cost = report.cost_usd or 0.0
+            policy.budget.charge_familiar(datetime.now(UTC).date(), report.total_tokens, cost)
+            await usage.record(
+                UsageRecord(
+                    created_at=datetime.now(UTC),
+                    call_site="memory_writer",
+                    model=report.model or calls["memory_writer"].model,
+                    prompt_tokens=report.prompt_tokens,
+                    completion_tokens=report.completion_tokens,
+                    cost_usd=cost,
+                    platform="system",
+                    user_id="",
+                    ttft_ms=report.ttft_ms,
+                )
+            )
+
         writer_config = character.config.memory_writer
         memory_writer = (
             MemoryWriter(
@@ -227,6 +264,8 @@ async def open_familiar(settings: Settings, character: Character) -> AsyncIterat
                 familiar_name=character.display_name,
                 every_n_turns=writer_config.every_n_turns,
                 idle_s=writer_config.idle_s,
+                exclude_author=opted_out,
+                on_usage=record_writer_usage,
             )
             if writer_config.enabled
             else None
@@ -234,11 +273,6 @@ async def open_familiar(settings: Settings, character: Character) -> AsyncIterat
         if memory_writer is not None:
             # Runs before the database closes: a pass cancelled mid-write finishes or rolls back.
             stack.push_async_callback(memory_writer.aclose)
-        policy = _build_policy(character, await privacy.opted_out_users())
-        today_usage = await usage.totals_for_day(datetime.now(UTC).date())
-        policy.budget.charge_familiar(
-            datetime.now(UTC).date(), today_usage.tokens, today_usage.cost_usd
-        )
         orchestrator = Orchestrator(
             character=character,
             familiar_user_id=FAMILIAR_AUTHOR_ID,
@@ -256,6 +290,7 @@ async def open_familiar(settings: Settings, character: Character) -> AsyncIterat
                 notes_index=notes_index,
                 history=history,
                 budget=_prompt_budget(character),
+                exclude_author=opted_out,
             ),
             policy=policy,
             calls=calls,
@@ -263,6 +298,13 @@ async def open_familiar(settings: Settings, character: Character) -> AsyncIterat
             usage=usage,
             note_turn=memory_writer.note_turn if memory_writer is not None else None,
             unprompted_gap_s=character.config.policy.unprompted_gap_s,
+        )
+        privacy_service = PrivacyService(
+            store=privacy,
+            history=history,
+            history_writer=history_writer,
+            memory=memory,
+            orchestrator=orchestrator,
         )
 
         async def rebuild_index() -> None:
@@ -276,7 +318,7 @@ async def open_familiar(settings: Settings, character: Character) -> AsyncIterat
         ]
         if memory_writer is not None:
             services.append(FunctionService("memory_writer", memory_writer.run))
-        yield Familiar(
+        familiar = Familiar(
             settings=settings,
             character=character,
             db=db,
@@ -286,6 +328,7 @@ async def open_familiar(settings: Settings, character: Character) -> AsyncIterat
             history_writer=history_writer,
             usage=usage,
             privacy=privacy,
+            privacy_service=privacy_service,
             subscriptions=subscriptions,
             llm=llm,
             tools=tools,
@@ -293,6 +336,8 @@ async def open_familiar(settings: Settings, character: Character) -> AsyncIterat
             memory_writer=memory_writer,
             services=services,
         )
+        orchestrator.is_subscribed = familiar.is_subscribed
+        yield familiar
 
 
 async def _close_history_writer(writer: HistoryWriter) -> None:
@@ -303,6 +348,15 @@ async def _close_history_writer(writer: HistoryWriter) -> None:
 
 
 # --- platforms -------------------------------------------------------------------------
+
+
+def _discord_service(familiar: Familiar) -> Service:
+    from familiar_connect.platforms.discord import DiscordService
+
+    service = DiscordService(familiar)
+    familiar.subscription_checks.append(service.is_subscribed)
+    return service
+
 
 PlatformFactory = Callable[[Familiar], Service]
 
@@ -367,9 +421,8 @@ class App:
 def build_app(settings: Settings, character: Character) -> App:
     """The app for these settings: which platforms are configured and can run in this build."""
     app = App(settings=settings, character=character)
-    # Platform adapters register here as they land (Discord text and voice, Twitch).
     if settings.discord_configured:
-        app.unavailable.append("Discord (DISCORD_TOKEN)")
+        app.platforms["discord"] = _discord_service
     if settings.twitch_configured:
         app.unavailable.append("Twitch (TWITCH_CLIENT_ID)")
     return app

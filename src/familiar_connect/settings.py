@@ -138,6 +138,7 @@ class Settings(BaseSettings):
     discord_gateway_url: str = "wss://gateway.discord.gg/"
     discord_dm_allowlist: IdList = Field(default_factory=list)
     discord_operator_ids: IdList = Field(default_factory=list)
+    discord_sync_commands_globally: bool = False
 
     # --- Twitch ---------------------------------------------------------------------
     twitch_client_id: str | None = None

@@ -1,0 +1,1 @@
+"""Platform adapters: they move bytes and translate, nothing else (DESIGN §2)."""

@@ -1,0 +1,96 @@
+"""`familiar` as an operator runs it: a subprocess with DISCORD_TOKEN, stopped by SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.fakes.discord_fake import FakeDiscord
+from tests.fakes.discord_world import GENERAL_ID
+from tests.fakes.openrouter import FakeOpenRouter
+from tests.platforms.discord.conftest import BOT_TOKEN, LLM_KEY
+
+
+@pytest.mark.slow
+class TestFamiliarRun:
+    async def test_runs_discord_and_stops_cleanly_on_sigterm(
+        self, tmp_path: Path, fake_discord: FakeDiscord, fake_llm: FakeOpenRouter
+    ) -> None:
+        """`familiar` connects to Discord, answers a mention, and exits 0 on SIGTERM."""
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
+        env.update(
+            {
+                "FAMILIAR_DATA_DIR": str(tmp_path / "data"),
+                "OPENROUTER_BASE_URL": fake_llm.api_base,
+                "OPENROUTER_API_KEY": LLM_KEY,
+                "DISCORD_TOKEN": BOT_TOKEN,
+                "DISCORD_API_BASE": fake_discord.api_base,
+                "DISCORD_GATEWAY_URL": fake_discord.gateway_url,
+                "LOG_FORMAT": "json",
+            }
+        )
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "familiar_connect.cli",
+            cwd=tmp_path,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            await fake_discord.wait_for(lambda: fake_discord.synced_commands(900), timeout_s=30)
+            fake_llm.reply_text("Hello from a real process.")
+            await fake_discord.user_says("are you running?", mentions_bot=True)
+            await fake_discord.wait_for(
+                lambda: fake_discord.messages_sent(GENERAL_ID), timeout_s=30
+            )
+            process.send_signal(signal.SIGTERM)
+            stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        assert process.returncode == 0, stderr.decode()[-2000:]
+        assert fake_discord.messages_sent(GENERAL_ID)[0].json["content"] == (
+            "Hello from a real process."
+        )
+        log = stderr.decode()
+        assert "Traceback" not in log
+        assert BOT_TOKEN not in log and LLM_KEY not in log
+        assert '"event": "familiar_stopped"' in log or "familiar_stopped" in log
+
+    async def test_bad_token_exits_2_with_a_message(
+        self, tmp_path: Path, fake_discord: FakeDiscord, fake_llm: FakeOpenRouter
+    ) -> None:
+        """A token Discord rejects stops `familiar` with exit 2 and a readable message."""
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
+        env.update(
+            {
+                "FAMILIAR_DATA_DIR": str(tmp_path / "data"),
+                "OPENROUTER_BASE_URL": fake_llm.api_base,
+                "DISCORD_TOKEN": "not-the-right-token-0123",
+                "DISCORD_API_BASE": fake_discord.api_base,
+                "DISCORD_GATEWAY_URL": fake_discord.gateway_url,
+            }
+        )
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "familiar_connect.cli",
+            cwd=tmp_path,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
+        assert process.returncode == 2
+        text = stderr.decode()
+        assert "DISCORD_TOKEN" in text
+        assert "not-the-right-token-0123" not in text
+        assert "Traceback" not in text
