@@ -54,6 +54,7 @@ def _settings(tmp_path: Path, fake: FakeOpenRouter) -> object:
         familiar_id="appfam",
         familiar_data_dir=tmp_path / "data",
         openrouter_base_url=fake.api_base,
+        dashboard_port=0,
     )
 
 

@@ -41,6 +41,7 @@ from familiar_connect.core.policy import (
     TurnPolicy,
 )
 from familiar_connect.core.prompt import PromptBudget
+from familiar_connect.dashboard import DashboardService
 from familiar_connect.errors import FamiliarError, StorageError
 from familiar_connect.llm.openrouter import OpenRouterClient
 from familiar_connect.llm.types import CallSettings, UsageReport
@@ -394,7 +395,12 @@ class App:
         async with open_familiar(self.settings, self.character) as familiar:
             services = list(familiar.services)
             services.extend(factory(familiar) for factory in self.platforms.values())
+            dashboard = DashboardService(familiar) if self.settings.dashboard_enabled else None
+            if dashboard is not None:
+                services.append(dashboard)
             self.supervisor = Supervisor(services, describe_error=safe_error_text)
+            if dashboard is not None:
+                dashboard.supervisor = self.supervisor
             loop = asyncio.get_running_loop()
             if install_signals:
                 for signum in (signal.SIGINT, signal.SIGTERM):

@@ -29,6 +29,7 @@ from familiar_connect.app import open_familiar
 from familiar_connect.character import Character
 from familiar_connect.conversation.orchestrator import Orchestrator
 from familiar_connect.core.events import Author, ConversationKey, Platform, TextMessage
+from familiar_connect.dashboard import DashboardService
 from familiar_connect.settings import Settings
 from familiar_connect.supervisor import Supervisor
 
@@ -128,16 +129,23 @@ async def run_chat(
     character: Character,
     *,
     once: str | None = None,
+    dashboard: bool = False,
     stdin: TextIO | None = None,
     out: TextIO | None = None,
 ) -> int:
-    """Run the terminal conversation; return the exit code (1 if ``--once`` got no reply)."""
+    """Run the terminal conversation; return the exit code (1 if ``--once`` got no reply).
+
+    With ``dashboard`` the operator dashboard runs alongside, as with ``familiar run``.
+    """
     stdin = stdin or sys.stdin
     out = out or sys.stdout
     interactive = once is None and stdin.isatty()
     async with open_familiar(settings, character) as familiar:
         orchestrator = familiar.orchestrator
-        supervisor = Supervisor(list(familiar.services))
+        board = DashboardService(familiar) if dashboard else None
+        supervisor = Supervisor([*familiar.services, *([board] if board is not None else [])])
+        if board is not None:
+            board.supervisor = supervisor
         sink = TerminalSink(out, name=character.display_name)
         author = _operator()
         history_path = settings.familiar_dir / _HISTORY_FILE

@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("version", help="print the version")
     chat = commands.add_parser("chat", help="talk to the familiar in this terminal")
     chat.add_argument("--once", metavar="TEXT", help="answer one message, print it and exit")
+    chat.add_argument(
+        "--dashboard", action="store_true", help="also serve the operator dashboard on 127.0.0.1"
+    )
 
     memory = commands.add_parser("memory", help="inspect the memory notes' audit trail")
     memory_cmds = memory.add_subparsers(dest="memory_command", metavar="ACTION", required=True)
@@ -185,7 +188,9 @@ def _cmd_chat(args: argparse.Namespace, out: TextIO) -> int:
     settings, character = _load(args, out)
     if not settings.llm_configured:
         raise ConfigError(NO_LLM)
-    return asyncio.run(run_chat(settings, character, once=args.once, out=out))
+    return asyncio.run(
+        run_chat(settings, character, once=args.once, dashboard=args.dashboard, out=out)
+    )
 
 
 def _cmd_memory(args: argparse.Namespace, out: TextIO) -> int:

@@ -63,6 +63,7 @@ from familiar_connect.errors import (
     ProviderRefused,
 )
 from familiar_connect.llm.types import CallSettings, ChatMessage
+from familiar_connect.logs import safe_error_text
 from familiar_connect.storage.history import HistoryWriter, Turn
 from familiar_connect.storage.usage import UsageRecord, UsageStore
 
@@ -429,6 +430,7 @@ class Orchestrator:
         sink = actor.sink
         outcome = "replied"
         delivered = ""
+        error_text: str | None = None
         self._emit(
             "turn_started",
             conversation=actor.key.as_str(),
@@ -462,6 +464,7 @@ class Orchestrator:
             elif (error := actor.turn.exception()) is not None:
                 outcome = "failed"
                 self.stats.failed += 1
+                error_text = safe_error_text(error)
                 delivered = await _cancel_sink(sink) or ""
                 if isinstance(error, FamiliarError):
                     bound.warning("turn_failed", error=str(error), kind=type(error).__name__)
@@ -494,6 +497,7 @@ class Orchestrator:
             text=delivered[:500],
             model=progress.model,
             timings_ms=timings.durations_ms(),
+            error=error_text,
         )
         bound.info(
             "turn_finished",

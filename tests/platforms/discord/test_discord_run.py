@@ -32,6 +32,7 @@ class TestFamiliarRun:
                 "DISCORD_API_BASE": fake_discord.api_base,
                 "DISCORD_GATEWAY_URL": fake_discord.gateway_url,
                 "LOG_FORMAT": "json",
+                "DASHBOARD_PORT": "0",
             }
         )
         process = await asyncio.create_subprocess_exec(
@@ -75,6 +76,7 @@ class TestFamiliarRun:
                 "FAMILIAR_DATA_DIR": str(tmp_path / "data"),
                 "OPENROUTER_BASE_URL": fake_llm.api_base,
                 "DISCORD_TOKEN": "not-the-right-token-0123",
+                "DASHBOARD_ENABLED": "false",
                 "DISCORD_API_BASE": fake_discord.api_base,
                 "DISCORD_GATEWAY_URL": fake_discord.gateway_url,
             }
