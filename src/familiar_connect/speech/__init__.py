@@ -1,0 +1,1 @@
+"""Speech: audio plumbing, speech-to-text and text-to-speech providers for voice conversations."""

@@ -1,0 +1,1 @@
+"""Streaming speech-to-text providers behind one protocol (:mod:`.base`)."""

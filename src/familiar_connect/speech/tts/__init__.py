@@ -1,0 +1,1 @@
+"""Streaming text-to-speech providers behind one protocol (:mod:`.base`)."""
