@@ -4,49 +4,37 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import signal
 import sqlite3
-import sys
 from pathlib import Path
 
 import pytest
 
 from familiar_connect.chat import TerminalSink
 from tests.fakes.openrouter import FakeOpenRouter
+from tests.familiar_process import run_familiar, start_familiar
 
 API_KEY = "sk-or-v1-chat-e2e-0123456789"
 
 
-async def run_familiar(
-    *args: str, fake: FakeOpenRouter, data_dir: Path, stdin: str = "", key: str | None = API_KEY
-) -> tuple[int, str, str]:
-    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
-    env.update(
-        {
-            "OPENROUTER_BASE_URL": fake.api_base,
-            "FAMILIAR_DATA_DIR": str(data_dir),
-            "FAMILIAR_ID": "chatfam",
-            "LLM_MAX_RETRIES": "0",
-        }
-    )
+def chat_env(fake: FakeOpenRouter, data_dir: Path, key: str | None = API_KEY) -> dict[str, str]:
+    env = {
+        "OPENROUTER_BASE_URL": fake.api_base,
+        "FAMILIAR_DATA_DIR": str(data_dir),
+        "FAMILIAR_ID": "chatfam",
+        "LLM_MAX_RETRIES": "0",
+    }
     if key is not None:
         env["OPENROUTER_API_KEY"] = key
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "familiar_connect.cli",
-        "chat",
-        *args,
-        cwd=data_dir.parent,
-        env=env,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    return env
+
+
+async def run_chat(
+    *args: str, fake: FakeOpenRouter, data_dir: Path, stdin: str = "", key: str | None = API_KEY
+) -> tuple[int, str, str]:
+    return await run_familiar(
+        "chat", *args, cwd=data_dir.parent, env=chat_env(fake, data_dir, key), stdin=stdin
     )
-    stdout, stderr = await asyncio.wait_for(process.communicate(stdin.encode()), timeout=60)
-    assert process.returncode is not None
-    return process.returncode, stdout.decode(), stderr.decode()
 
 
 def history_rows(data_dir: Path) -> list[tuple[str, str]]:
@@ -63,7 +51,7 @@ class TestChatCommand:
         """`familiar chat --once` prints the reply and both turns are in history afterwards."""
         async with FakeOpenRouter(expected_api_key=API_KEY) as fake:
             fake.reply_text("Hello there, operator.")
-            code, out, err = await run_familiar(
+            code, out, err = await run_chat(
                 "--once", "hello", fake=fake, data_dir=tmp_path / "data"
             )
         assert code == 0, err
@@ -79,7 +67,7 @@ class TestChatCommand:
         async with FakeOpenRouter(expected_api_key=API_KEY) as fake:
             fake.reply_text("One.")
             fake.reply_text("Two.")
-            code, out, err = await run_familiar(
+            code, out, err = await run_chat(
                 fake=fake, data_dir=tmp_path / "data", stdin="first\n\nsecond\n"
             )
             second_prompt = fake.chat_requests[1].json["messages"]
@@ -92,7 +80,7 @@ class TestChatCommand:
         """With only OPENROUTER_BASE_URL (a local server) and no key, chat works and sends no auth."""
         async with FakeOpenRouter() as fake:
             fake.reply_text("Local hello.")
-            code, out, err = await run_familiar(
+            code, out, err = await run_chat(
                 "--once", "hi", fake=fake, data_dir=tmp_path / "data", key=None
             )
             headers = fake.chat_requests[0].headers
@@ -104,7 +92,7 @@ class TestChatCommand:
         """A 402 from the provider is shown as a notice, and --once exits 1."""
         async with FakeOpenRouter(expected_api_key=API_KEY) as fake:
             fake.reply_http_error(402, message="Insufficient credits")
-            code, out, err = await run_familiar(
+            code, out, err = await run_chat(
                 "--once", "hello", fake=fake, data_dir=tmp_path / "data"
             )
         assert code == 1
@@ -117,26 +105,9 @@ class TestChatCommand:
         async with FakeOpenRouter(expected_api_key=API_KEY) as fake:
             fake.reply_stall(after_text="Once upon a time", stall_s=30)
             fake.reply_text("Still here.")
-            env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
-            env.update(
-                {
-                    "OPENROUTER_BASE_URL": fake.api_base,
-                    "OPENROUTER_API_KEY": API_KEY,
-                    "FAMILIAR_DATA_DIR": str(tmp_path / "data"),
-                    "FAMILIAR_ID": "chatfam",
-                }
-            )
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "familiar_connect.cli",
-                "chat",
-                cwd=tmp_path,
-                env=env,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
+            env = chat_env(fake, tmp_path / "data")
+            env.pop("LLM_MAX_RETRIES")
+            process = await start_familiar("chat", cwd=tmp_path, env=env, stdin=True)
             assert process.stdin is not None and process.stdout is not None
             process.stdin.write(b"tell me a story\n")
             await process.stdin.drain()
@@ -159,22 +130,9 @@ class TestChatCommand:
 
     async def test_chat_without_llm_exits_2(self, tmp_path: Path) -> None:
         """With no LLM endpoint configured, chat exits 2 saying what to set."""
-        env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "familiar_connect.cli",
-            "chat",
-            "--once",
-            "hi",
-            cwd=tmp_path,
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        _, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
-        assert process.returncode == 2
-        assert b"OPENROUTER_API_KEY" in stderr
+        code, _, stderr = await run_familiar("chat", "--once", "hi", cwd=tmp_path)
+        assert code == 2
+        assert "OPENROUTER_API_KEY" in stderr
 
 
 class TestTerminalSink:

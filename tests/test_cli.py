@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ import pytest
 
 from familiar_connect.cli import EXIT_CONFIG, EXIT_OK, EXIT_PROBLEM, main
 from familiar_connect.memory.store import MemoryStore
+from tests.familiar_process import clean_env
 
 MASTER_KEY = "master-key-for-cli-tests-0123456789"
 
@@ -28,12 +28,10 @@ def run_cli(*args: str, env_file: Path | None = None) -> tuple[int, str]:
 def run_subprocess(
     *args: str, cwd: Path, env: dict[str, str] | None = None, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "SYSTEMROOT")}
-    base.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "familiar_connect.cli", *args],
         cwd=cwd,
-        env=base,
+        env=clean_env(env),
         input=stdin,
         capture_output=True,
         text=True,

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +11,17 @@ import pytest
 from tests.fakes.discord_fake import FakeDiscord
 from tests.fakes.discord_world import GENERAL_ID
 from tests.fakes.openrouter import FakeOpenRouter
+from tests.familiar_process import run_familiar, start_familiar
 from tests.platforms.discord.conftest import BOT_TOKEN, LLM_KEY
+
+
+def _discord_env(tmp_path: Path, discord: FakeDiscord, llm: FakeOpenRouter) -> dict[str, str]:
+    return {
+        "FAMILIAR_DATA_DIR": str(tmp_path / "data"),
+        "OPENROUTER_BASE_URL": llm.api_base,
+        "DISCORD_API_BASE": discord.api_base,
+        "DISCORD_GATEWAY_URL": discord.gateway_url,
+    }
 
 
 @pytest.mark.slow
@@ -22,28 +30,14 @@ class TestFamiliarRun:
         self, tmp_path: Path, fake_discord: FakeDiscord, fake_llm: FakeOpenRouter
     ) -> None:
         """`familiar` connects to Discord, answers a mention, and exits 0 on SIGTERM."""
-        env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
-        env.update(
-            {
-                "FAMILIAR_DATA_DIR": str(tmp_path / "data"),
-                "OPENROUTER_BASE_URL": fake_llm.api_base,
-                "OPENROUTER_API_KEY": LLM_KEY,
-                "DISCORD_TOKEN": BOT_TOKEN,
-                "DISCORD_API_BASE": fake_discord.api_base,
-                "DISCORD_GATEWAY_URL": fake_discord.gateway_url,
-                "LOG_FORMAT": "json",
-                "DASHBOARD_PORT": "0",
-            }
-        )
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "familiar_connect.cli",
-            cwd=tmp_path,
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        env = {
+            **_discord_env(tmp_path, fake_discord, fake_llm),
+            "OPENROUTER_API_KEY": LLM_KEY,
+            "DISCORD_TOKEN": BOT_TOKEN,
+            "LOG_FORMAT": "json",
+            "DASHBOARD_PORT": "0",
+        }
+        process = await start_familiar(cwd=tmp_path, env=env)
         try:
             await fake_discord.wait_for(lambda: fake_discord.synced_commands(900), timeout_s=30)
             fake_llm.reply_text("Hello from a real process.")
@@ -70,29 +64,13 @@ class TestFamiliarRun:
         self, tmp_path: Path, fake_discord: FakeDiscord, fake_llm: FakeOpenRouter
     ) -> None:
         """A token Discord rejects stops `familiar` with exit 2 and a readable message."""
-        env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
-        env.update(
-            {
-                "FAMILIAR_DATA_DIR": str(tmp_path / "data"),
-                "OPENROUTER_BASE_URL": fake_llm.api_base,
-                "DISCORD_TOKEN": "not-the-right-token-0123",
-                "DASHBOARD_ENABLED": "false",
-                "DISCORD_API_BASE": fake_discord.api_base,
-                "DISCORD_GATEWAY_URL": fake_discord.gateway_url,
-            }
-        )
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "familiar_connect.cli",
-            cwd=tmp_path,
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        _, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
-        assert process.returncode == 2
-        text = stderr.decode()
+        env = {
+            **_discord_env(tmp_path, fake_discord, fake_llm),
+            "DISCORD_TOKEN": "not-the-right-token-0123",
+            "DASHBOARD_ENABLED": "false",
+        }
+        code, _, text = await run_familiar(cwd=tmp_path, env=env, timeout_s=30)
+        assert code == 2
         assert "DISCORD_TOKEN" in text
         assert "not-the-right-token-0123" not in text
         assert "Traceback" not in text
