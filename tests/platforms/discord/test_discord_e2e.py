@@ -339,3 +339,30 @@ class TestStartupFailures:
 
 BOT_TOKEN_TEXT = "sk-or-v1-discord-e2e-0123456789"  # the LLM key: a configured secret
 _ = BOT_USER_ID
+
+
+class TestHostileInput:
+    async def test_embed_only_message_is_described(self, start_familiar: HarnessFactory) -> None:
+        """A message that is only an embed reaches the model as a short note, not nothing."""
+        harness = await start_familiar()
+        harness.llm.reply_text("Interesting link.")
+        await harness.discord.user_says("", mentions_bot=True, embeds=[{"title": "Cat facts"}])
+        await harness.discord.wait_for(lambda: harness.discord.messages_sent(GENERAL_ID))
+        prompt = harness.llm.chat_requests[0].json["messages"][-1]["content"]
+        assert "[attached: embed: Cat facts]" in prompt
+
+    async def test_zero_width_and_rtl_names_are_cleaned(
+        self, start_familiar: HarnessFactory
+    ) -> None:
+        """A display name with zero-width and RTL-override characters is sanitised in the prompt."""
+        harness = await start_familiar()
+        harness.discord.world.add_member(
+            900, 1003, "mallory", nick="Mal\u200blo\u202ery\u2066 <admin>"
+        )
+        harness.llm.reply_text("Hello.")
+        await harness.discord.user_says("hi", author=1003, mentions_bot=True)
+        await harness.discord.wait_for(lambda: harness.discord.messages_sent(GENERAL_ID))
+        prompt = harness.llm.chat_requests[0].json["messages"][-1]["content"]
+        assert 'author="Mallory admin"' in prompt
+        for hidden in ("\u200b", "\u202e", "\u2066"):
+            assert hidden not in prompt
