@@ -47,6 +47,7 @@ from familiar_connect.llm.openrouter import OpenRouterClient
 from familiar_connect.llm.types import CallSettings, UsageReport
 from familiar_connect.logs import log_redactor, safe_error_text
 from familiar_connect.memory.async_store import AsyncMemoryStore
+from familiar_connect.memory.layout import LAYOUT_DIRS
 from familiar_connect.memory.store import MemoryStore
 from familiar_connect.memory.writer import MemoryWriter
 from familiar_connect.privacy import PrivacyService
@@ -66,7 +67,6 @@ log = structlog.get_logger(__name__)
 
 # The familiar's own author id in history (its replies), per process.
 FAMILIAR_AUTHOR_ID = "familiar"
-_MEMORY_LAYOUT = ("self", "people", "topics", "sessions")
 
 
 @dataclass
@@ -157,7 +157,7 @@ def _prepare_dirs(familiar_dir: Path) -> Path:
     # The familiar's files are the operator's alone.
     os.chmod(familiar_dir, 0o700)
     memory_root = familiar_dir / "memory"
-    for name in _MEMORY_LAYOUT:
+    for name in LAYOUT_DIRS:
         (memory_root / name).mkdir(parents=True, exist_ok=True)
     return memory_root
 

@@ -21,10 +21,10 @@ from typing import Any
 
 import structlog
 
-from familiar_connect.conversation.context import people_note_path
 from familiar_connect.conversation.orchestrator import Orchestrator
 from familiar_connect.errors import MemoryStoreError
 from familiar_connect.memory.async_store import AsyncMemoryStore
+from familiar_connect.memory.layout import people_note_path
 from familiar_connect.storage.history import HistoryStore, HistoryWriter
 from familiar_connect.storage.privacy import PrivacyStore
 

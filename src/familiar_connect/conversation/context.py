@@ -32,23 +32,17 @@ from familiar_connect.core.prompt import (
 )
 from familiar_connect.errors import FamiliarError, MemoryStoreError
 from familiar_connect.memory.async_store import AsyncMemoryStore
+from familiar_connect.memory.layout import SELF_DIR, people_note_path
 from familiar_connect.storage.history import HistoryStore, Turn
 from familiar_connect.storage.notes_index import NotesIndex
 
-__all__ = ["ContextBuilder", "HistoryWindow", "people_note_path"]
+__all__ = ["ContextBuilder", "HistoryWindow"]
 
 log = structlog.get_logger(__name__)
 
-_SELF_DIR = "self"
 _MAX_SELF_NOTES = 8
 _MAX_NOTE_CHARS = 6_000
 _MAX_SEARCH_QUERY_CHARS = 300
-
-
-def people_note_path(platform: str, user_id: str) -> str:
-    """``people/<platform>-<user id>.md``: where the familiar keeps notes about someone."""
-    safe_id = "".join(ch for ch in user_id if ch.isascii() and (ch.isalnum() or ch in "-_"))
-    return f"people/{platform}-{safe_id[:64] or 'unknown'}.md"
 
 
 class HistoryWindow:
@@ -224,15 +218,15 @@ class ContextBuilder:
             return list(cached.snippets)
         snippets: list[MemorySnippet] = []
         try:
-            entries = await self.memory.list_dir(_SELF_DIR)
+            entries = await self.memory.list_dir(SELF_DIR)
         except MemoryStoreError:
             entries = []
         for entry in entries[:_MAX_SELF_NOTES]:
             if entry.is_dir or not entry.name.endswith(".md"):
                 continue
-            text = await self._read(f"{_SELF_DIR}/{entry.name}")
+            text = await self._read(f"{SELF_DIR}/{entry.name}")
             if text:
-                snippets.append(MemorySnippet(f"operator notes:{_SELF_DIR}/{entry.name}", text))
+                snippets.append(MemorySnippet(f"operator notes:{SELF_DIR}/{entry.name}", text))
         self._operator_notes = _CachedNotes(now_ns, tuple(snippets))
         return snippets
 

@@ -35,10 +35,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import json
-import re
 import time
-import unicodedata
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC
@@ -47,10 +44,19 @@ from typing import Final, Literal
 import structlog
 
 from familiar_connect.core.prompt import fence
-from familiar_connect.core.sanitize import cap_text, sanitize_name, strip_control
+from familiar_connect.core.sanitize import sanitize_name
 from familiar_connect.errors import MemoryStoreError, ProviderError
 from familiar_connect.llm.types import CallSettings, ChatMessage, ChatModel, UsageReport
 from familiar_connect.memory.async_store import AsyncMemoryStore
+from familiar_connect.memory.layout import people_note_path, session_note_path, topic_note_path
+from familiar_connect.memory.writer_output import (
+    ID_RE,
+    ParsedNotes,
+    Person,
+    Topic,
+    parse_notes,
+    slugify,
+)
 from familiar_connect.storage.history import HistoryStore, Turn
 from familiar_connect.storage.watermarks import WatermarkStore
 
@@ -76,10 +82,6 @@ PassStatus = Literal[
     "written", "no_new_turns", "llm_failed", "invalid_output", "write_failed", "busy"
 ]
 
-_ID_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_CODE_FENCE_RE: Final = re.compile(r"^```[A-Za-z0-9_-]*[ \t]*\n(.*?)\n?```\s*$", re.DOTALL)
-_NON_SLUG_RE: Final = re.compile(r"[^a-z0-9]+")
-_MAX_SLUG_CHARS: Final = 64
 _MAX_SPEAKERS: Final = 20
 _MAX_NAME_CHARS: Final = 64
 
@@ -119,34 +121,6 @@ class WriterStats:
     conversations_evicted: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Person:
-    """One people note from the model, validated."""
-
-    platform: str
-    user_id: str
-    name: str
-    notes: str
-
-
-@dataclass(frozen=True, slots=True)
-class Topic:
-    """One topic note from the model, slugged."""
-
-    slug: str
-    notes: str
-
-
-@dataclass(frozen=True, slots=True)
-class ParsedNotes:
-    """The model's output after :func:`parse_notes`."""
-
-    people: tuple[Person, ...]
-    topics: tuple[Topic, ...]
-    session_summary: str
-    rejected: int
-
-
 @dataclass(slots=True)
 class _Tracked:
     platform: str
@@ -171,125 +145,6 @@ class _Write:
     text: str  # whole content for "write", the added part for "append"
     mode: Literal["write", "append"]
     old: str | None
-
-
-def slugify(text: str, *, max_chars: int = _MAX_SLUG_CHARS) -> str:
-    """Reduce ``text`` to ``[a-z0-9-]`` (accents folded, runs of anything else → ``-``).
-
-    Returns an empty string when nothing is left; ``"../x"`` gives ``"x"``.
-    """
-    folded = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
-    slug = _NON_SLUG_RE.sub("-", folded.lower()).strip("-")
-    return slug[:max_chars].strip("-")
-
-
-def parse_notes(
-    reply: str,
-    *,
-    speakers: set[tuple[str, str]],
-    max_people: int = 10,
-    max_topics: int = 10,
-    max_note_chars: int = 16_000,
-    max_reply_chars: int = 400_000,
-) -> ParsedNotes:
-    """Parse the model's reply into validated notes.
-
-    Accepts the object bare, inside a ````json`` code fence, or after some
-    prose. Individual bad entries are dropped (counted in ``rejected``): a
-    person who is not one of ``speakers`` or whose id is not
-    ``[A-Za-z0-9_-]{1,64}``, a people note longer than ``max_note_chars`` (it
-    replaces a whole note, so it is never cut), a topic whose slug is empty,
-    entries beyond the count caps, duplicates. Topic and session text is cut
-    to ``max_note_chars`` with a visible marker. Control characters are
-    stripped from all text.
-
-    Raises:
-        ValueError: the reply is too long, not JSON, not an object, or a
-            field has the wrong type (the whole reply is unusable).
-    """
-    if len(reply) > max_reply_chars:
-        raise ValueError("the reply is longer than the cap")
-    value = _extract_json(reply)
-    if not isinstance(value, dict):
-        raise ValueError("the reply is not a JSON object")
-    # Absent or null means "nothing"; any other non-list is a malformed reply.
-    raw_people = value.get("people") if value.get("people") is not None else []
-    raw_topics = value.get("topics") if value.get("topics") is not None else []
-    summary = value.get("session_summary") if value.get("session_summary") is not None else ""
-    if not isinstance(raw_people, list) or not isinstance(raw_topics, list):
-        raise ValueError("people and topics must be lists")
-    if not isinstance(summary, str):
-        raise ValueError("session_summary must be a string")
-    rejected = max(0, len(raw_people) - max_people) + max(0, len(raw_topics) - max_topics)
-    people: dict[tuple[str, str], Person] = {}
-    for entry in raw_people[:max_people]:
-        person = _person(entry, speakers, max_note_chars)
-        if person is None or (person.platform, person.user_id) in people:
-            rejected += 1
-            continue
-        people[(person.platform, person.user_id)] = person
-    topics: dict[str, Topic] = {}
-    for entry in raw_topics[:max_topics]:
-        topic = _topic(entry, max_note_chars)
-        if topic is None or topic.slug in topics:
-            rejected += 1
-            continue
-        topics[topic.slug] = topic
-    summary_text, _ = cap_text(strip_control(summary).strip(), max_chars=max_note_chars)
-    return ParsedNotes(tuple(people.values()), tuple(topics.values()), summary_text, rejected)
-
-
-def _extract_json(reply: str) -> object:
-    text = reply.strip()
-    match = _CODE_FENCE_RE.match(text)
-    if match:
-        text = match.group(1).strip()
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError):
-        pass
-    start = text.find("{")
-    if start < 0:
-        raise ValueError("the reply holds no JSON object")
-    try:
-        value, _ = json.JSONDecoder().raw_decode(text, start)
-    except (ValueError, RecursionError):
-        raise ValueError("the reply is not valid JSON") from None
-    return value
-
-
-def _person(entry: object, speakers: set[tuple[str, str]], max_chars: int) -> Person | None:
-    if not isinstance(entry, dict):
-        return None
-    platform, user_id = entry.get("platform"), entry.get("user_id")
-    notes, name = entry.get("notes"), entry.get("name", "")
-    if not (isinstance(platform, str) and isinstance(user_id, str) and isinstance(notes, str)):
-        return None
-    # The id becomes part of a file name: only exact speakers of this batch qualify.
-    if not _ID_RE.match(user_id) or (platform, user_id) not in speakers:
-        return None
-    text = strip_control(notes).strip()
-    if not text or len(text) > max_chars:
-        return None
-    clean_name = sanitize_name(name if isinstance(name, str) else "", max_chars=_MAX_NAME_CHARS)
-    return Person(platform, user_id, clean_name, text)
-
-
-def _topic(entry: object, max_chars: int) -> Topic | None:
-    if not isinstance(entry, dict):
-        return None
-    slug, notes = entry.get("slug"), entry.get("notes")
-    if not isinstance(slug, str) or not isinstance(notes, str):
-        return None
-    clean_slug = slugify(slug)
-    text, _ = cap_text(strip_control(notes).strip(), max_chars=max_chars)
-    if not clean_slug or not text:
-        return None
-    return Topic(clean_slug, text)
-
-
-def _person_path(platform: str, user_id: str) -> str:
-    return f"people/{platform}-{user_id}.md"
 
 
 def _section(heading: str, body: str) -> str:
@@ -624,7 +479,7 @@ class MemoryWriter:
         existing: dict[str, _Existing] = {}
         budget = self._max_existing_chars
         for platform, user_id in speakers:
-            rel_path = _person_path(platform, user_id)
+            rel_path = people_note_path(platform, user_id)
             found = await self._read(rel_path)
             if found.content is not None and found.readable:
                 fits = len(found.content) <= min(self._max_note_chars, budget)
@@ -720,18 +575,18 @@ class MemoryWriter:
         conversation = sanitize_name(key, max_chars=200)
         candidates: list[tuple[str, str, str]] = []  # (rel_path, replacement, section)
         for person in notes.people:
-            rel_path = _person_path(person.platform, person.user_id)
+            rel_path = people_note_path(person.platform, person.user_id)
             candidates.append(
                 (rel_path, person.notes + "\n", _section(f"Update {date}", person.notes))
             )
         for topic in notes.topics:
             heading = f"{date} ({conversation})"
             body = f"# {topic.slug}\n" + _section(heading, topic.notes)
-            candidates.append((f"topics/{topic.slug}.md", body, _section(heading, topic.notes)))
+            candidates.append((topic_note_path(topic.slug), body, _section(heading, topic.notes)))
         if notes.session_summary:
             heading = f"{stamp:%H:%M} UTC, turns {first.id}-{last.id}"
             section = _section(heading, notes.session_summary)
-            rel_path = f"sessions/{date}-{slugify(key, max_chars=80) or 'conversation'}.md"
+            rel_path = session_note_path(date, slugify(key, max_chars=80))
             candidates.append((rel_path, f"# Session {date}: {conversation}\n{section}", section))
         writes: list[_Write] = []
         skipped = 0
@@ -811,7 +666,7 @@ def _speakers(turns: Sequence[Turn]) -> dict[tuple[str, str], str]:
     """
     speakers: dict[tuple[str, str], str] = {}
     for turn in turns:
-        usable = _ID_RE.match(turn.author_id) and _ID_RE.match(turn.platform)
+        usable = ID_RE.match(turn.author_id) and ID_RE.match(turn.platform)
         if turn.role != "user" or not usable:
             continue
         speaker = (turn.platform, turn.author_id)
