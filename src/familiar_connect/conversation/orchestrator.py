@@ -41,6 +41,12 @@ from familiar_connect.conversation.context import ContextBuilder, HistoryWindow
 from familiar_connect.conversation.sinks import ReplySink
 from familiar_connect.conversation.tools import ToolContext
 from familiar_connect.conversation.turn import TurnProgress, TurnRunner
+from familiar_connect.conversation.wording import (
+    notice_for,
+    platform_hint,
+    source_label,
+    text_of,
+)
 from familiar_connect.core.addressing import AddressDetector
 from familiar_connect.core.events import (
     ConversationKey,
@@ -57,10 +63,6 @@ from familiar_connect.core.events import (
 from familiar_connect.core.policy import TurnPolicy
 from familiar_connect.errors import (
     FamiliarError,
-    ProviderAuthError,
-    ProviderError,
-    ProviderQuotaError,
-    ProviderRefused,
 )
 from familiar_connect.llm.types import CallSettings, ChatMessage
 from familiar_connect.logs import safe_error_text
@@ -231,7 +233,7 @@ class Orchestrator:
             log.warning("orchestrator_not_running", conversation=event.key.as_str())
             return "not_running"
         now_ns = time.monotonic_ns()
-        raw_text = _text_of(event)
+        raw_text = text_of(event)
         addressed = self._is_addressed(event, raw_text)
         access = self.policy.access.decide(event.author)
         if event.author.key in self.muted:
@@ -254,7 +256,7 @@ class Orchestrator:
             actor = self._actors.get(event.key)
             if actor is not None and actor.window is not None:
                 # Context for the next turn (an idle conversation re-reads it from history).
-                actor.window.add_user(event.author.shown_name, text, _source(event))
+                actor.window.add_user(event.author.shown_name, text, source_label(event))
             return "remembered"
         verdict = self.policy.evaluate(event.author, raw_text, now_ns, _today())
         if verdict.action == "ignore":
@@ -390,7 +392,7 @@ class Orchestrator:
             if actor.last_unprompted_ns is not None and now_ns - actor.last_unprompted_ns < gap_ns:
                 for item in inputs:
                     actor.window.add_user(
-                        item.event.author.shown_name, item.text, _source(item.event)
+                        item.event.author.shown_name, item.text, source_label(item.event)
                     )
                 return
             actor.last_unprompted_ns = now_ns
@@ -410,11 +412,11 @@ class Orchestrator:
         prompt = await self.context.build(
             key=actor.key,
             window=actor.window,
-            inputs=[(item.event.author, item.text, _source(item.event)) for item in inputs],
-            platform_hint=_platform_hint(actor.key, modality),
+            inputs=[(item.event.author, item.text, source_label(item.event)) for item in inputs],
+            platform_hint=platform_hint(actor.key, modality),
         )
         for item in inputs:
-            actor.window.add_user(item.event.author.shown_name, item.text, _source(item.event))
+            actor.window.add_user(item.event.author.shown_name, item.text, source_label(item.event))
         self.last_prompts[actor.key.as_str()] = prompt.messages
         self.last_prompts.move_to_end(actor.key.as_str())
         while len(self.last_prompts) > self.max_saved_prompts:
@@ -470,7 +472,7 @@ class Orchestrator:
                     bound.warning("turn_failed", error=str(error), kind=type(error).__name__)
                 else:
                     bound.error("turn_crashed", exc_info=error)
-                await _safe_notice(sink, _notice_for(error))
+                await _safe_notice(sink, notice_for(error))
             else:
                 delivered = actor.turn.result()
                 if progress.silent or not delivered:
@@ -600,40 +602,6 @@ def _today() -> date:
     return datetime.now(UTC).date()
 
 
-def _text_of(event: Inbound) -> str:
-    if isinstance(event, TwitchEvent):
-        return event.description
-    text = event.text
-    if isinstance(event, TextMessage) and event.attachments_note:
-        text = f"{text}\n{event.attachments_note}"
-    return text
-
-
-def _source(event: Inbound) -> str:
-    if isinstance(event, Utterance):
-        return "voice transcript"
-    if isinstance(event, TwitchEvent):
-        return "twitch chat" if event.kind == "chat" else f"twitch {event.kind} event"
-    if event.key.platform is Platform.TERMINAL:
-        return "terminal message"
-    return f"{event.key.platform.value} message"
-
-
-def _platform_hint(key: ConversationKey, modality: Modality) -> str:
-    if modality is Modality.VOICE:
-        return (
-            "You are speaking out loud in a Discord voice channel. Keep replies short and "
-            "speakable: no lists, links or formatting."
-        )
-    if modality is Modality.TWITCH:
-        return "You are in a Twitch stream's chat; replies are short chat lines."
-    if modality is Modality.TERMINAL:
-        return "You are talking with your operator in a terminal."
-    if key.guild_id is None:
-        return "You are in a private Discord direct message."
-    return "You are in a Discord text channel; Markdown is rendered."
-
-
 def _new_timings(turn_id: str, event: Inbound) -> Timings:
     if isinstance(event, Utterance):
         timings = VoiceTurnTimings(turn_id=turn_id)
@@ -642,18 +610,6 @@ def _new_timings(turn_id: str, event: Inbound) -> Timings:
         return timings
     received = event.received_ns
     return TextTurnTimings(turn_id=turn_id, received_ns=received)
-
-
-def _notice_for(error: BaseException) -> str:
-    if isinstance(error, ProviderQuotaError):
-        return "I can't think right now: my LLM credits have run out (the operator can see why in the log)."
-    if isinstance(error, ProviderAuthError):
-        return "I can't think right now: my LLM key was rejected (the operator needs to check it)."
-    if isinstance(error, ProviderRefused):
-        return "I can't answer that one: my model's provider refused it."
-    if isinstance(error, ProviderError):
-        return "I lost my train of thought: my thinking service isn't answering right now. Try again in a moment."
-    return "Something went wrong on my side; the operator can find the details in the log."
 
 
 async def _safe_notice(sink: ReplySink, text: str) -> None:
