@@ -42,7 +42,7 @@ from familiar_connect.core.policy import (
 )
 from familiar_connect.core.prompt import PromptBudget
 from familiar_connect.dashboard import DashboardService
-from familiar_connect.errors import FamiliarError, StorageError
+from familiar_connect.errors import ConfigError, FamiliarError, StorageError
 from familiar_connect.llm.openrouter import OpenRouterClient
 from familiar_connect.llm.types import CallSettings, UsageReport
 from familiar_connect.logs import log_redactor, safe_error_text
@@ -52,6 +52,7 @@ from familiar_connect.memory.store import MemoryStore
 from familiar_connect.memory.writer import MemoryWriter
 from familiar_connect.privacy import PrivacyService
 from familiar_connect.settings import Settings
+from familiar_connect.speech.factory import build_speech
 from familiar_connect.storage.db import Database, open_database
 from familiar_connect.storage.history import HistoryStore, HistoryWriter
 from familiar_connect.storage.notes_index import NotesIndex
@@ -353,9 +354,32 @@ async def _close_history_writer(writer: HistoryWriter) -> None:
 
 def _discord_service(familiar: Familiar) -> Service:
     from familiar_connect.platforms.discord import DiscordService
+    from familiar_connect.platforms.discord.voice import VoiceConfig, VoiceManager
 
     service = DiscordService(familiar)
     familiar.subscription_checks.append(service.is_subscribed)
+    transcriber, synthesizer = build_speech(familiar.settings, familiar.character)
+    if transcriber is not None and synthesizer is not None:
+        service.voice = VoiceManager(
+            orchestrator=familiar.orchestrator,
+            transcriber=transcriber,
+            synthesizer=synthesizer,
+            is_opted_out=familiar.privacy_service.is_opted_out,
+            familiar_name=familiar.character.display_name,
+            aliases=familiar.character.aliases,
+            operator_ids=service.operator_ids,
+            config=VoiceConfig.from_character(
+                familiar.character, cache_dir=familiar.settings.familiar_dir / "cache"
+            ),
+            outbound=service.outbound,
+            sink_stats=service.sink_stats,
+        )
+        familiar.subscription_checks.append(service.voice.is_subscribed)
+    elif transcriber is not None or synthesizer is not None:
+        raise ConfigError(
+            "Voice needs both a speech-to-text and a text-to-speech provider: set "
+            "DEEPGRAM_API_KEY and CARTESIA_API_KEY (or neither, for text only)."
+        )
     return service
 
 

@@ -462,7 +462,11 @@ class Orchestrator:
             if actor.turn.cancelled():
                 outcome = "cancelled"
                 self.stats.cancelled += 1
-                delivered = await _cancel_sink(sink) or progress.text
+                said = await _cancel_sink(sink)
+                # A voice sink knows exactly what was played, even when that is nothing.
+                delivered = (
+                    said if said is not None and sink.mode == "clauses" else (said or progress.text)
+                )
             elif (error := actor.turn.exception()) is not None:
                 outcome = "failed"
                 self.stats.failed += 1
@@ -533,6 +537,11 @@ class Orchestrator:
                 timings.stamp("first_token", progress.first_token_ns)
             if progress.first_clause_ns is not None:
                 timings.stamp("first_clause", progress.first_clause_ns)
+            # The voice sink knows when audio arrived and the first frame played.
+            reply_stamps = getattr(actor.sink, "reply_stamps", None)
+            if callable(reply_stamps):
+                for stage, value in reply_stamps().items():
+                    timings.stamp(stage, value)
         self.recent_timings.append(timings)
         if self.on_timings is not None:
             try:

@@ -43,6 +43,7 @@ from familiar_connect.errors import (
 from familiar_connect.platforms.discord.commands import register_commands
 from familiar_connect.platforms.discord.sink import DiscordTextSink, OutboundLimiter, SinkStats
 from familiar_connect.platforms.discord.translate import ignore_reason, to_text_message
+from familiar_connect.platforms.discord.voice import VoiceManager
 from familiar_connect.storage.subscriptions import Subscription
 
 if TYPE_CHECKING:
@@ -97,6 +98,12 @@ class _FamiliarClient(discord.Client):
     async def on_message(self, message: discord.Message) -> None:
         self.adapter.on_message(self, message)
 
+    async def on_voice_state_update(
+        self, member: discord.Member, before: discord.VoiceState, after: discord.VoiceState
+    ) -> None:
+        if self.adapter.voice is not None:
+            self.adapter.voice.on_voice_state_update(member, before, after)
+
 
 class DiscordService:
     """Runs the Discord client and bridges it to the familiar.
@@ -105,6 +112,7 @@ class DiscordService:
         familiar: the running familiar (orchestrator, stores, privacy service).
         guild_ready_timeout_s: discord.py's wait for guilds before ``on_ready``.
         outbound: per-channel send limiter.
+        voice: the voice presence (``None`` when no speech providers are configured).
     """
 
     name = "discord"
@@ -115,8 +123,10 @@ class DiscordService:
         *,
         guild_ready_timeout_s: float = 2.0,
         outbound: OutboundLimiter | None = None,
+        voice: VoiceManager | None = None,
     ) -> None:
         self.familiar = familiar
+        self.voice = voice
         self.settings = familiar.settings
         self.character = familiar.character
         self.operator_ids = frozenset(self.settings.discord_operator_ids)
@@ -193,6 +203,13 @@ class DiscordService:
             self.ready.clear()
             for task in list(self._tasks):
                 task.cancel()
+            if self.voice is not None:
+                try:
+                    await self.voice.aclose()
+                    await self.voice.transcriber.aclose()
+                    await self.voice.synthesizer.aclose()
+                except Exception:
+                    log.warning("voice_close_failed", exc_info=True)
             await client.close()
             self.client = None
             restore()

@@ -19,6 +19,7 @@ import structlog
 from discord import app_commands
 
 from familiar_connect.core.events import Platform
+from familiar_connect.errors import FamiliarError
 from familiar_connect.logs import log_redactor, safe_error_text
 
 if TYPE_CHECKING:
@@ -29,6 +30,14 @@ __all__ = ["register_commands"]
 log = structlog.get_logger(__name__)
 
 NOT_ALLOWED = "You need the Manage Server permission (or to be an operator) to do that."
+VOICE_NOT_CONFIGURED = (
+    "Voice isn't set up for this familiar (the operator needs STT_PROVIDER and TTS_PROVIDER)."
+)
+_JOIN_ANSWERS = {
+    "joined": "Joined {channel}. Talk to me!",
+    "already_here": "I'm already in {channel}.",
+    "busy": "I'm already talking in another voice channel; I can only be in one at a time.",
+}
 _MANAGE = discord.Permissions(manage_guild=True)
 _CONFIRM_TIMEOUT_S = 120.0
 
@@ -44,6 +53,10 @@ async def _say(interaction: discord.Interaction, text: str) -> None:
     await interaction.response.send_message(
         text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none()
     )
+
+
+def _may_use_voice(interaction: discord.Interaction, service: DiscordService) -> bool:
+    return service.character.config.voice.open_to_everyone or _is_admin(interaction, service)
 
 
 def _render_prompt(messages: list[dict[str, str]]) -> str:
@@ -137,6 +150,63 @@ def register_commands(tree: app_commands.CommandTree, service: DiscordService) -
             else "I wasn't subscribed to this channel.",
         )
 
+    @tree.command(name="join-voice", description="Join your voice channel and talk there")
+    @app_commands.guild_only()
+    async def join_voice(interaction: discord.Interaction) -> None:
+        voice = service.voice
+        if voice is None:
+            await _say(interaction, VOICE_NOT_CONFIGURED)
+            return
+        if not _may_use_voice(interaction, service):
+            await _say(interaction, NOT_ALLOWED)
+            return
+        state = getattr(interaction.user, "voice", None)
+        channel = state.channel if state is not None else None
+        if not isinstance(channel, discord.VoiceChannel | discord.StageChannel):
+            await _say(interaction, "Join a voice channel first, then ask me again.")
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        text_channel = interaction.channel
+        try:
+            result = await voice.join(
+                channel,
+                text_channel=text_channel
+                if isinstance(text_channel, discord.abc.Messageable)
+                else None,
+            )
+        except FamiliarError as exc:
+            log.warning("voice_join_failed", channel_id=channel.id, error=safe_error_text(exc))
+            await interaction.followup.send(
+                "I couldn't join that voice channel; the operator can find why in the log.",
+                ephemeral=True,
+            )
+            return
+        log.info(
+            "voice_join_requested", channel_id=channel.id, by=interaction.user.id, result=result
+        )
+        await interaction.followup.send(
+            _JOIN_ANSWERS[result].format(channel=channel.mention), ephemeral=True
+        )
+
+    @tree.command(name="leave-voice", description="Leave the voice channel")
+    @app_commands.guild_only()
+    async def leave_voice(interaction: discord.Interaction) -> None:
+        voice = service.voice
+        if voice is None or not voice.connected:
+            await _say(interaction, "I'm not in a voice channel.")
+            return
+        if not _may_use_voice(interaction, service):
+            await _say(interaction, NOT_ALLOWED)
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        await voice.leave(reason="command")
+        await interaction.followup.send("Left the voice channel.", ephemeral=True)
+
+    if not service.character.config.voice.open_to_everyone:
+        # Hidden from members without Manage Server (still checked when run).
+        join_voice.default_permissions = _MANAGE
+        leave_voice.default_permissions = _MANAGE
+
     @tree.command(name="familiar-status", description="What the familiar listens to and runs")
     async def familiar_status(interaction: discord.Interaction) -> None:
         guild = interaction.guild
@@ -150,7 +220,14 @@ def register_commands(tree: app_commands.CommandTree, service: DiscordService) -
             f"**{service.character.display_name}**"
             + (" — paused by the operator" if orchestrator.paused else ""),
             "Listening in: " + (", ".join(f"<#{c}>" for c in mine) if mine else "no channels"),
-            "Voice: not available in this build",
+            "Voice: "
+            + (
+                "not configured"
+                if service.voice is None
+                else f"in <#{service.voice.channel.id}>"
+                if service.voice.connected and service.voice.channel is not None
+                else "not in a channel"
+            ),
             "Twitch: " + ("configured" if service.settings.twitch_configured else "off"),
             f"Model: {service.character.config.llm.reply.model}",
             f"Active conversations: {len(orchestrator.active_conversations())}",
@@ -185,6 +262,8 @@ def register_commands(tree: app_commands.CommandTree, service: DiscordService) -
         await service.familiar.privacy_service.opt_out(
             Platform.DISCORD.value, str(interaction.user.id)
         )
+        if service.voice is not None:
+            service.voice.forget(Platform.DISCORD.value, str(interaction.user.id))
         await _say(
             interaction,
             "Done: I won't answer you or keep anything you say from now on. "
