@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -42,6 +43,7 @@ from familiar_connect.core.policy import (
 )
 from familiar_connect.core.prompt import PromptBudget
 from familiar_connect.dashboard import DashboardService
+from familiar_connect.endpoints import apply_library_endpoints
 from familiar_connect.errors import ConfigError, FamiliarError, StorageError
 from familiar_connect.llm.openrouter import OpenRouterClient
 from familiar_connect.llm.types import CallSettings, UsageReport
@@ -184,6 +186,9 @@ async def open_familiar(settings: Settings, character: Character) -> AsyncIterat
     # Whatever configured logging, text shown to people is scrubbed of these secrets too.
     log_redactor().add_secrets(settings.secret_values())
     async with contextlib.AsyncExitStack() as stack:
+        # Library globals (discord.py, twitchio) point at the configured endpoints for as long
+        # as the familiar is open; set once here so restarting one adapter never resets another's.
+        stack.callback(apply_library_endpoints(settings))
         familiar_dir = settings.familiar_dir
         memory_root = await asyncio.to_thread(_prepare_dirs, familiar_dir)
         db = await open_database(familiar_dir / "familiar.db")
@@ -383,6 +388,36 @@ def _discord_service(familiar: Familiar) -> Service:
     return service
 
 
+def _twitch_service(familiar: Familiar) -> Service:
+    from familiar_connect.platforms.twitch import TwitchService
+
+    service = TwitchService(familiar)
+    familiar.subscription_checks.append(service.is_subscribed)
+    return service
+
+
+def _connect_twitch(services: list[Service], dashboard: DashboardService | None) -> None:
+    """Let the Twitch adapter speak in the voice channel and report to the dashboard."""
+    twitch = next((s for s in services if s.name == "twitch"), None)
+    if twitch is None:
+        return
+    from familiar_connect.platforms.twitch import VoiceTarget
+
+    discord = next((s for s in services if s.name == "discord"), None)
+    voice = getattr(discord, "voice", None)
+    if voice is not None:
+
+        def voice_target() -> VoiceTarget | None:
+            sink, key = voice.sink, voice.key
+            if not voice.connected or sink is None or key is None:
+                return None
+            return VoiceTarget(key, sink)
+
+        twitch.voice = voice_target  # type: ignore[attr-defined]
+    if dashboard is not None:
+        twitch.report = functools.partial(dashboard.providers.report, "twitch_eventsub")  # type: ignore[attr-defined]
+
+
 PlatformFactory = Callable[[Familiar], Service]
 
 
@@ -422,6 +457,7 @@ class App:
             dashboard = DashboardService(familiar) if self.settings.dashboard_enabled else None
             if dashboard is not None:
                 services.append(dashboard)
+            _connect_twitch(services, dashboard)
             self.supervisor = Supervisor(services, describe_error=safe_error_text)
             if dashboard is not None:
                 dashboard.supervisor = self.supervisor
@@ -454,5 +490,5 @@ def build_app(settings: Settings, character: Character) -> App:
     if settings.discord_configured:
         app.platforms["discord"] = _discord_service
     if settings.twitch_configured:
-        app.unavailable.append("Twitch (TWITCH_CLIENT_ID)")
+        app.platforms["twitch"] = _twitch_service
     return app

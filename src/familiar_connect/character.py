@@ -23,6 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from familiar_connect.errors import CharacterConfigError
+from familiar_connect.platforms.twitch.config import TwitchSection
 
 __all__ = [
     "MAX_PERSONA_CHARS",
@@ -143,6 +144,7 @@ class CharacterConfig(_Strict):
     limits: LimitsSection
     policy: PolicySection
     memory_writer: MemoryWriterSection
+    twitch: TwitchSection = Field(default_factory=TwitchSection)
 
 
 class Character(BaseModel):

@@ -92,6 +92,20 @@ def build_parser() -> argparse.ArgumentParser:
     keys_cmds = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     keys_cmds.add_parser("rotate", help="re-encrypt every stored secret with the newest key")
     keys_cmds.add_parser("audit", help="count stored secrets per key version")
+
+    twitch = commands.add_parser("twitch", help="Twitch accounts (see docs/twitch.md)")
+    twitch_cmds = twitch.add_subparsers(dest="twitch_command", metavar="ACTION", required=True)
+    login = twitch_cmds.add_parser(
+        "login",
+        help="log an account in with Twitch's device code flow; the token is stored encrypted",
+    )
+    login.add_argument(
+        "--as",
+        dest="role",
+        choices=("bot", "broadcaster"),
+        required=True,
+        help="bot: the account the familiar chats as; broadcaster: the channel's owner",
+    )
     return parser
 
 
@@ -172,9 +186,21 @@ def _cmd_check(args: argparse.Namespace, out: TextIO) -> int:
     settings, character = _load(args, out)
     for line in _enabled_lines(settings, character):
         print(line, file=out)
+    if settings.twitch_configured:
+        from familiar_connect.platforms.twitch import describe_twitch
+
+        for line in asyncio.run(describe_twitch(settings, character)):
+            print(line, file=out)
     if not settings.llm_configured:
         raise ConfigError(NO_LLM)
     return EXIT_OK
+
+
+def _cmd_twitch(args: argparse.Namespace, out: TextIO) -> int:
+    from familiar_connect.platforms.twitch import run_device_login
+
+    settings, character = _load(args, out)
+    return asyncio.run(run_device_login(settings, character, role=args.role, out=out))
 
 
 def _cmd_run(args: argparse.Namespace, out: TextIO) -> int:
@@ -266,6 +292,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
     "version": _cmd_version,
     "memory": _cmd_memory,
     "keys": _cmd_keys,
+    "twitch": _cmd_twitch,
 }
 
 

@@ -2,7 +2,7 @@
 
 Most clients take their endpoint as a constructor argument. A few libraries
 read a class or module global instead (discord.py's REST base and gateway URL;
-twitchio's Helix and identity bases and EventSub URL once Twitch lands). Those
+twitchio's Helix and identity bases and EventSub URL). Those
 assignments live here and nowhere else, so tests can point the real libraries
 at loopback fakes through settings alone, and :func:`apply_library_endpoints`
 returns a function that restores what it changed.
@@ -10,6 +10,8 @@ returns a function that restores what it changed.
 
 from __future__ import annotations
 
+import sys
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -45,10 +47,15 @@ def apply_library_endpoints(settings: Settings) -> Callable[[], None]:
         yarl.URL(settings.discord_gateway_url),
         undo,
     )
+    if settings.twitch_configured or "twitchio" in sys.modules:
+        _apply_twitchio(settings, undo)
     log.debug(
         "library_endpoints_applied",
         discord_api_base=settings.discord_api_base,
         discord_gateway_url=settings.discord_gateway_url,
+        twitch_helix_base=settings.twitch_helix_base,
+        twitch_id_base=settings.twitch_id_base,
+        twitch_eventsub_ws=settings.twitch_eventsub_ws,
     )
 
     def restore() -> None:
@@ -56,3 +63,24 @@ def apply_library_endpoints(settings: Settings) -> Callable[[], None]:
             step()
 
     return restore
+
+
+def _with_slash(url: str) -> str:
+    return url if url.endswith("/") else url + "/"
+
+
+def _apply_twitchio(settings: Settings, undo: list[Callable[[], None]]) -> None:
+    """twitchio's Helix and identity bases (joined with paths, so they end in ``/``) and WSS.
+
+    twitchio is imported only when Twitch is configured (or already loaded), so a Discord-only
+    process never pays for it.
+    """
+    with warnings.catch_warnings():
+        # twitchio's web adapter subclasses aiohttp's Application, which aiohttp discourages.
+        warnings.filterwarnings("ignore", "Inheritance class", DeprecationWarning)
+        import twitchio.eventsub.websockets
+        import twitchio.http
+
+    _set(twitchio.http.Route, "BASE", _with_slash(settings.twitch_helix_base), undo)
+    _set(twitchio.http.Route, "ID_BASE", _with_slash(settings.twitch_id_base), undo)
+    _set(twitchio.eventsub.websockets, "WSS", settings.twitch_eventsub_ws, undo)

@@ -296,6 +296,14 @@ class Orchestrator:
             return self._addressing.is_addressed(
                 text, mentioned=event.mentions_familiar, replied_to=event.reply_to_familiar
             )
+        if (
+            isinstance(event, TwitchEvent)
+            and event.kind != "chat"
+            and self.is_subscribed(event.key)
+        ):
+            # A follow, raid, gift... the adapter submits for an answer is meant for the
+            # familiar: the unprompted gap must not swallow a raid after a follow.
+            return True
         return self._addressing.is_addressed(text, mentioned=False, replied_to=False)
 
     def _enqueue(self, key: ConversationKey, sink: ReplySink, item: _Item) -> bool:

@@ -33,7 +33,6 @@ import structlog
 from discord import app_commands
 
 from familiar_connect.core.events import ConversationKey, Platform
-from familiar_connect.endpoints import apply_library_endpoints
 from familiar_connect.errors import (
     ConfigError,
     ProviderAuthError,
@@ -151,7 +150,6 @@ class DiscordService:
             ConfigError: privileged intents are not enabled (fatal).
             ProviderConnectionError: the gateway connection failed (restarted).
         """
-        restore = apply_library_endpoints(self.settings)
         client = _FamiliarClient(
             self,
             intents=build_intents(),
@@ -212,7 +210,6 @@ class DiscordService:
                     log.warning("voice_close_failed", exc_info=True)
             await client.close()
             self.client = None
-            restore()
 
     def _connector(self) -> aiohttp.TCPConnector | None:
         if self.settings.familiar_extra_ca_file is None:
