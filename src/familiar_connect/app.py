@@ -383,7 +383,8 @@ def _discord_service(familiar: Familiar) -> Service:
     elif transcriber is not None or synthesizer is not None:
         raise ConfigError(
             "Voice needs both a speech-to-text and a text-to-speech provider: set "
-            "DEEPGRAM_API_KEY and CARTESIA_API_KEY (or neither, for text only)."
+            "DEEPGRAM_API_KEY and CARTESIA_API_KEY, or AZURE_SPEECH_KEY with "
+            "AZURE_SPEECH_REGION (or none of them, for text only)."
         )
     return service
 

@@ -21,7 +21,7 @@ from familiar_connect.character import Character, load_character
 from familiar_connect.errors import ConfigError, FamiliarError
 from familiar_connect.logs import configure_logging, safe_error_text, verbosity_to_level
 from familiar_connect.settings import Settings, env_file_warning, load_settings
-from familiar_connect.speech.factory import voice_configured
+from familiar_connect.speech.factory import provider_choices
 
 __all__ = ["EXIT_CONFIG", "EXIT_OK", "EXIT_PROBLEM", "build_parser", "main"]
 
@@ -131,6 +131,13 @@ def _load(args: argparse.Namespace, out: TextIO) -> tuple[Settings, Character]:
     return settings, character
 
 
+def _voice_line(settings: Settings) -> str:
+    stt, tts = provider_choices(settings)
+    if stt is None and tts is None:
+        return "off (set DEEPGRAM_API_KEY and CARTESIA_API_KEY, or AZURE_SPEECH_KEY)"
+    return f"speech-to-text {stt or 'none'}, text-to-speech {tts or 'none'}"
+
+
 def _enabled_lines(settings: Settings, character: Character) -> list[str]:
     def state(ok: bool, missing: str) -> str:
         return "enabled" if ok else f"off (set {missing})"
@@ -148,13 +155,7 @@ def _enabled_lines(settings: Settings, character: Character) -> list[str]:
         f"LLM: {state(settings.llm_configured, 'OPENROUTER_API_KEY or OPENROUTER_BASE_URL')}"
         f" — {settings.openrouter_base_url}, reply model {reply.model}",
         f"Discord: {state(settings.discord_configured, 'DISCORD_TOKEN')}",
-        "voice: "
-        + (
-            f"speech-to-text {settings.stt_provider or 'deepgram'}, "
-            f"text-to-speech {settings.tts_provider or 'cartesia'}"
-            if voice_configured(settings)
-            else "off (set DEEPGRAM_API_KEY and CARTESIA_API_KEY, and [voice] tts_voice)"
-        ),
+        "voice: " + _voice_line(settings),
         "Twitch: "
         + state(
             settings.twitch_configured, "TWITCH_CLIENT_ID, TWITCH_CLIENT_SECRET, TWITCH_CHANNEL"
