@@ -193,14 +193,12 @@ CORPUS: tuple[dict[str, Any], ...] = (
         'text': '{nonce} hello\U000e0001\U000e0049\U000e0047\U000e004e\U000e004f\U000e0052\U000e0045\U000e007f',
         'tags': ('invisible', 'smuggling'),
         'expect': 'answered',
-        'known_bug': "strip_control keeps Unicode tag characters U+E0000-U+E007F (invisible 'ASCII smuggling'); they reach the model",
     },
     {
         'id': 'lone-surrogate',
         'text': '{nonce} bad \ud800 text \udfff end',
         'tags': ('encoding',),
         'expect': 'answered',
-        'known_bug': "a lone surrogate (valid as a JSON escape from Discord, or undecodable terminal bytes) crashes prompt assembly (estimate_tokens) and the history writer's batch",
     },
 )
 # fmt: on

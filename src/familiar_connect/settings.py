@@ -301,6 +301,23 @@ def _collect_master_key_versions(
     return versions, problems
 
 
+def _check_env_file_encoding(env_file: Path) -> None:
+    """Refuse a dotenv file that is not UTF-8, naming the line (never echoing its bytes)."""
+    try:
+        data = env_file.read_bytes()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ConfigError(f"{env_file}: cannot be read ({exc.strerror})") from None
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"{env_file}: line {line} is not valid UTF-8 text; save the file as UTF-8"
+        ) from None
+
+
 def _describe_error(error: Mapping[str, Any]) -> str:
     loc = error.get("loc") or ("settings",)
     name = str(loc[0]).upper()
@@ -328,6 +345,8 @@ def load_settings(
         ConfigError: one message naming each bad variable and why.
     """
     environ = os.environ if environ is None else environ
+    if env_file is not None:
+        _check_env_file_encoding(env_file)
     versions, problems = _collect_master_key_versions(environ, env_file)
     try:
         settings = Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]

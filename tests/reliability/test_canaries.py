@@ -421,11 +421,6 @@ class TestCommandCanaries:
 
 
 class TestConversationTextCanaries:
-    @pytest.mark.xfail(
-        strict=True,
-        reason="a configured secret typed into a conversation is stored in history and sent "
-        "to the model unredacted (Orchestrator.submit does not scrub configured secrets)",
-    )
     async def test_pasted_secret_is_not_stored_or_sent(self, tmp_path: Path) -> None:
         """A user who pastes the familiar's own key into Discord does not get it into history or the prompt."""
         async with rig(tmp_path) as r:
@@ -439,11 +434,6 @@ class TestConversationTextCanaries:
         assert LLM_KEY.encode() not in prompt
         assert stored == []
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="a reply that repeats a configured secret is posted to Discord and stored in "
-        "history as is (replies are not passed through the redactor)",
-    )
     async def test_reply_repeating_a_secret_is_not_posted(self, tmp_path: Path) -> None:
         """A model reply that repeats a configured secret is posted and stored with it redacted."""
         async with rig(tmp_path) as r:
@@ -457,11 +447,6 @@ class TestConversationTextCanaries:
 
 
 class TestOperatorLogCanaries:
-    @pytest.mark.xfail(
-        strict=True,
-        reason="operator_actions.jsonl stores an action's target verbatim: a secret pasted into "
-        "a dashboard control is written to disk unredacted (OperatorLog.record)",
-    )
     async def test_secret_in_a_control_target_is_not_written_to_disk(self, tmp_path: Path) -> None:
         """A secret pasted as a control's target is redacted in operator_actions.jsonl too."""
         async with rig(tmp_path) as r:

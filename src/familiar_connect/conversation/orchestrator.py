@@ -65,7 +65,7 @@ from familiar_connect.errors import (
     FamiliarError,
 )
 from familiar_connect.llm.types import CallSettings, ChatMessage
-from familiar_connect.logs import safe_error_text
+from familiar_connect.logs import log_redactor, safe_error_text
 from familiar_connect.storage.history import HistoryWriter, Turn
 from familiar_connect.storage.usage import UsageRecord, UsageStore
 
@@ -233,7 +233,8 @@ class Orchestrator:
             log.warning("orchestrator_not_running", conversation=event.key.as_str())
             return "not_running"
         now_ns = time.monotonic_ns()
-        raw_text = text_of(event)
+        # Someone pasting the familiar's own keys must not get them stored or sent on.
+        raw_text = log_redactor().redact(text_of(event))
         addressed = self._is_addressed(event, raw_text)
         access = self.policy.access.decide(event.author)
         if event.author.key in self.muted:
@@ -371,10 +372,11 @@ class Orchestrator:
                     batch.append(actor.inbox.get_nowait())
                 try:
                     await self._handle_batch(actor, batch)
-                except Exception:
+                except Exception as exc:
                     # One broken turn must not end the conversation, let alone the process.
                     self.stats.failed += 1
                     log.exception("conversation_turn_crashed", conversation=actor.key.as_str())
+                    await _safe_notice(actor.sink, notice_for(exc))
         finally:
             actor.idle.set()
             if self._actors.get(actor.key) is actor:
@@ -558,6 +560,7 @@ class Orchestrator:
                 log.exception("timings_observer_failed")
         if not delivered:
             return
+        delivered = log_redactor().redact(delivered)
         if actor.window is not None:
             actor.window.add_assistant(delivered)
         meta: dict[str, Any] = {"outcome": outcome, "model": progress.model or call.model}

@@ -45,6 +45,13 @@ def _build_strip_table() -> dict[int, int | None]:
     # Bidirectional embeddings, overrides and isolates, plus the Arabic letter mark (also bidi).
     for cp in (*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x061C):
         table[cp] = None
+    # Tag characters are invisible yet read by models ("ASCII smuggling"): never pass them on.
+    for cp in range(0xE0000, 0xE0080):
+        table[cp] = None
+    # A lone surrogate (legal in JSON escapes, e.g. from a gateway) cannot be encoded as UTF-8
+    # and would crash whatever encodes it next: replace it with the replacement character.
+    for cp in range(0xD800, 0xE000):
+        table[cp] = 0xFFFD
     # Unicode line/paragraph separators end a line for some renderers but not others; make them
     # one plain newline so what the model sees matches what a person sees.
     table[0x2028] = 0x0A

@@ -28,6 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 import structlog
 
 from familiar_connect.conversation.orchestrator import Orchestrator
+from familiar_connect.logs import log_redactor
 
 __all__ = [
     "OPERATOR_LOG_NAME",
@@ -101,13 +102,15 @@ class OperatorLog:
 
         Cancellation: the append runs in a worker thread and completes on its own.
         """
-        entry = {
+        entry: dict[str, Any] = {
             "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "source": "operator",
             "action": action,
             "target": target,
             "result": result,
         }
+        # A target typed by the operator may hold a secret; the file must not.
+        entry = log_redactor().redact_value(entry)
         self._recent.append(entry)
         log.info("operator_action", source="operator", action=action, target=target, result=result)
         line = json.dumps(entry, ensure_ascii=True, separators=(",", ":")) + "\n"

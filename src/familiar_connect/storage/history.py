@@ -139,8 +139,15 @@ class Turn:
             raise ValueError(f"author_name must be at most {MAX_KEY_CHARS} characters")
 
 
+def _encodable(text: str) -> str:
+    """``text`` as SQLite can store it: lone surrogates (from JSON escapes) become U+FFFD."""
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
 def _to_row(turn: Turn) -> _Row:
-    content = turn.content
+    content = _encodable(turn.content)
     if len(content) > MAX_CONTENT_CHARS:
         log.warning(
             "history_turn_truncated",
@@ -153,16 +160,18 @@ def _to_row(turn: Turn) -> _Row:
     meta: str | None = None
     if turn.meta is not None:
         try:
-            meta = json.dumps(turn.meta, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+            meta = _encodable(
+                json.dumps(turn.meta, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+            )
         except (TypeError, ValueError) as exc:
             raise ValueError(f"turn meta must be JSON-serialisable: {exc}") from exc
         if len(meta.encode()) > MAX_META_BYTES:
             raise ValueError(f"turn meta is larger than {MAX_META_BYTES} bytes")
     return (
-        turn.platform,
-        turn.channel,
-        turn.author_id,
-        turn.author_name,
+        _encodable(turn.platform),
+        _encodable(turn.channel),
+        _encodable(turn.author_id),
+        _encodable(turn.author_name),
         turn.role,
         content,
         turn.modality,

@@ -27,6 +27,7 @@ import structlog
 
 from familiar_connect.core.policy import TokenBucket
 from familiar_connect.core.splitting import split_message
+from familiar_connect.logs import log_redactor
 
 __all__ = ["DiscordTextSink", "OutboundLimiter", "SinkStats"]
 
@@ -127,6 +128,8 @@ class DiscordTextSink:
         """Streamed deltas: Discord gets the whole reply at the end, so nothing to do."""
 
     async def end(self, text: str) -> str:
+        # A model can be talked into repeating a secret it saw; it is never posted.
+        text = log_redactor().redact(text)
         try:
             for index, part in enumerate(split_message(text, limit=self._max_chars)):
                 reference = self._reply_to if index == 0 else None
