@@ -1,0 +1,28 @@
+"""Familiar-Connect benchmarks: what the familiar adds on top of its providers.
+
+Run ``uv run python -m benchmarks [names] [--quick]`` from the repository root.
+Each benchmark writes ``benchmarks/results/<name>.json`` (every sample summary,
+p50/p95/p99, the ratios against its reference measured in the same run, and
+the environment) and the command prints a short table. Method and targets:
+``docs/performance.md`` (figures) and the design's ``reference/performance.md``
+(harness rules).
+
+The suite (numbers as in DESIGN §6 and the benchmark issue):
+
+1. ``voice_turn``: voice turn overhead (not yet available);
+2. ``barge_in``: barge-in stop latency (not yet available);
+3. ``text_turn``: Discord text message → typing / reply overhead, 1–200 channels;
+4. ``twitch_ingest``: sustained Twitch chat ingest (not yet available);
+5. ``memory_search``: ``memory_search`` at 1k/10k/100k notes;
+6. ``history``: the history store at 1M turns;
+7. ``startup``: exec → ready and idle RSS.
+
+Timings never live in unit tests; ``tests/benchmarks/`` only checks that the
+cheap benchmarks still run (``--smoke``) and write well-formed results.
+"""
+
+from __future__ import annotations
+
+from benchmarks.suite import SUITE, BenchmarkSpec
+
+__all__ = ["SUITE", "BenchmarkSpec"]
