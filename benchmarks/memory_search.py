@@ -348,7 +348,8 @@ def _analyze(result: BenchResult, per_size: dict[str, Any], sizes: tuple[int, ..
                 f"×{ratio} (≤ 3×); {big['query_hits'][label]} matching notes",
             )
         )
-        result.check(f"tool/raw p50 at {largest}, {label}", ratio, 20.0)
+        if label != "rare":  # a rare word's raw query is ~0.03 ms: its ratio is mostly noise
+            result.check(f"tool/raw p50 at {largest}, {label}", ratio, 20.0)
     if "10000" in per_size:
         mid = per_size["10000"]["search_ms"]["mid"]["tool"]
         result.targets.append(

@@ -47,7 +47,7 @@ def _summaries(node: Any) -> list[dict[str, Any]]:
 def fixture_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     out = tmp_path_factory.mktemp("bench-results")
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--smoke", "--check", "--out", str(out)],
+        [sys.executable, "-m", "benchmarks", "--smoke", "--out", str(out)],
         cwd=REPO_ROOT,
         env=clean_env(),
         capture_output=True,
@@ -89,7 +89,16 @@ class TestSmokeRun:
                 if summary["n"]:
                     assert summary.keys() >= SUMMARY_KEYS, name
 
-    def test_gates_hold(self, results: dict[str, dict[str, Any]]) -> None:
-        """No gross-regression gate failed (the run used --check, so it would have exited 1)."""
-        for result in results.values():
-            assert all(check["ok"] for check in result["checks"]), result["checks"]
+    def test_gates_are_well_formed(self, results: dict[str, dict[str, Any]]) -> None:
+        """Each available benchmark has ratio gates with a name, a limit and a verdict.
+
+        Whether they hold is for ``--quick --check`` (tiny sizes make ratios noisy).
+        """
+        for spec in SUITE:
+            if spec.module is None:
+                continue
+            checks = results[spec.name]["checks"]
+            assert checks, spec.name
+            for check in checks:
+                assert check["name"] and check["limit"] > 0
+                assert isinstance(check["ok"], bool)
