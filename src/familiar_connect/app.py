@@ -44,7 +44,7 @@ from familiar_connect.core.policy import (
 from familiar_connect.core.prompt import PromptBudget
 from familiar_connect.dashboard import DashboardService
 from familiar_connect.endpoints import apply_library_endpoints
-from familiar_connect.errors import ConfigError, FamiliarError, StorageError
+from familiar_connect.errors import ConfigError, StorageError
 from familiar_connect.llm.openrouter import OpenRouterClient
 from familiar_connect.llm.types import CallSettings, UsageReport
 from familiar_connect.logs import log_redactor, safe_error_text
@@ -166,13 +166,8 @@ def _prepare_dirs(familiar_dir: Path) -> Path:
 
 
 def _all_notes(store: MemoryStore) -> list[tuple[str, str]]:
-    notes: list[tuple[str, str]] = []
-    for rel_path in store.glob("**/*.md"):
-        try:
-            notes.append((rel_path, store.read_file(rel_path)))
-        except FamiliarError as exc:
-            log.warning("note_not_indexed", rel_path=rel_path, error=str(exc))
-    return notes
+    """Every note, for the search index at start (uncapped, unlike the model's glob)."""
+    return list(store.iter_notes())
 
 
 @contextlib.asynccontextmanager
@@ -222,6 +217,8 @@ async def open_familiar(settings: Settings, character: Character) -> AsyncIterat
             referer=settings.openrouter_referer,
             title=settings.openrouter_title,
             max_retries=settings.llm_max_retries,
+            # One stream per conversation answering at once; httpx's default of 20 queues the rest.
+            max_connections=settings.llm_max_connections,
         )
         stack.push_async_callback(llm.aclose)
 

@@ -131,6 +131,7 @@ class Settings(BaseSettings):
     llm_connect_timeout_s: float = Field(default=10.0, gt=0, le=120)
     llm_read_timeout_s: float = Field(default=60.0, gt=0, le=600)
     llm_max_retries: int = Field(default=3, ge=0, le=10)
+    llm_max_connections: int = Field(default=128, ge=1, le=1024)
 
     # --- Discord --------------------------------------------------------------------
     discord_token: SecretStr | None = None

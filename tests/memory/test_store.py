@@ -751,3 +751,25 @@ class TestPathSafety:
         with pytest.raises(MemoryStorePathError):
             store.read_file("loop")
         assert store.list_dir() == []
+
+
+class TestIterNotes:
+    def test_yields_every_note_beyond_the_results_cap(self, base: Path) -> None:
+        """iter_notes is not capped like glob: every .md file is yielded with its content."""
+        limits = MemoryStoreLimits(max_file_bytes=1024, max_results_per_op=3, max_files_per_dir=100)
+        store = MemoryStore(base / "notes", limits=limits)
+        for i in range(10):
+            store.write_file(f"people/p{i}.md", f"note {i}", source="test")
+        store.write_file("people/skip.txt", "not a note", source="test")
+        notes = dict(store.iter_notes())
+        assert len(store.glob("**/*.md")) == 3
+        assert len(notes) == 10 and notes["people/p7.md"] == "note 7"
+
+    def test_skips_symlinks_and_oversized_files(self, base: Path, outside: Path) -> None:
+        """Symlinks (even to notes) and files over the cap are never read."""
+        store = MemoryStore(base / "notes", limits=MemoryStoreLimits(max_file_bytes=16))
+        store.write_file("ok.md", "fine", source="test")
+        (store.root / "big.md").write_text("x" * 100)
+        (outside / "evil.md").write_text("outside")
+        os.symlink(outside / "evil.md", store.root / "link.md")
+        assert dict(store.iter_notes()) == {"ok.md": "fine"}

@@ -376,6 +376,7 @@ class Orchestrator:
                     # One broken turn must not end the conversation, let alone the process.
                     self.stats.failed += 1
                     log.exception("conversation_turn_crashed", conversation=actor.key.as_str())
+                    await _cancel_sink(actor.sink)  # stop a typing indicator it may have begun
                     await _safe_notice(actor.sink, notice_for(exc))
         finally:
             actor.idle.set()
@@ -418,6 +419,23 @@ class Orchestrator:
         turn_id = uuid.uuid4().hex[:12]
         timings = _new_timings(turn_id, last)
         bound = log.bind(conversation=actor.key.as_str(), turn_id=turn_id)
+        sink = actor.sink
+        # Typing (or the voice context) first: people see the familiar react while the
+        # prompt is being gathered.
+        self._emit(
+            "turn_started",
+            conversation=actor.key.as_str(),
+            turn_id=turn_id,
+            modality=modality.value,
+            authors=sorted({item.event.author.shown_name for item in inputs}),
+        )
+        try:
+            await sink.begin()
+        except Exception:
+            # A typing indicator that fails must not cost the reply.
+            bound.warning("sink_begin_failed", exc_info=True)
+        if isinstance(timings, TextTurnTimings):
+            timings.stamp("typing_sent", time.monotonic_ns())
 
         prompt = await self.context.build(
             key=actor.key,
@@ -439,24 +457,9 @@ class Orchestrator:
             author_name=last.author.shown_name,
         )
         progress = TurnProgress()
-        sink = actor.sink
         outcome = "replied"
         delivered = ""
         error_text: str | None = None
-        self._emit(
-            "turn_started",
-            conversation=actor.key.as_str(),
-            turn_id=turn_id,
-            modality=modality.value,
-            authors=sorted({item.event.author.shown_name for item in inputs}),
-        )
-        try:
-            await sink.begin()
-        except Exception:
-            # A typing indicator that fails must not cost the reply.
-            bound.warning("sink_begin_failed", exc_info=True)
-        if isinstance(timings, TextTurnTimings):
-            timings.stamp("typing_sent", time.monotonic_ns())
         actor.turn = asyncio.get_running_loop().create_task(
             self.runner.run(
                 messages=messages,

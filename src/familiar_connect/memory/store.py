@@ -344,6 +344,32 @@ class MemoryStore:
             log.info("memory_results_truncated", operation="glob", max_results=cap)
         return results
 
+    def iter_notes(self, *, suffix: str = ".md") -> Iterator[tuple[str, str]]:
+        """Yield ``(rel_path, content)`` for every regular ``suffix`` file, in path order.
+
+        For the program itself (rebuilding the search index at start), not for the
+        model: unlike :meth:`glob` it is not capped at ``max_results_per_op``, but it
+        still never follows a symlink, skips files over ``max_file_bytes`` and files
+        that are not UTF-8 (logged), and reads one file at a time.
+        """
+        with self._open_dir(()) as (root_fd, _):
+            walk = iter_tree(root_fd, (), descend=lambda _parts: True)
+            with contextlib.closing(walk):
+                for dir_fd, name, parts, st in walk:
+                    if not stat.S_ISREG(st.st_mode) or not name.endswith(suffix):
+                        continue
+                    rel_path = "/".join(parts)
+                    if st.st_size > self.limits.max_file_bytes:
+                        log.warning("memory_note_skipped_too_large", rel_path=rel_path)
+                        continue
+                    try:
+                        data = read_bytes(
+                            dir_fd, name, rel_path, max_bytes=self.limits.max_file_bytes
+                        )
+                        yield rel_path, data.decode("utf-8")
+                    except (MemoryStoreError, UnicodeDecodeError):
+                        log.warning("memory_note_skipped_unreadable", rel_path=rel_path)
+
     def grep(
         self, pattern: str, rel_path: str = "", *, case_insensitive: bool = True
     ) -> list[GrepHit]:

@@ -42,11 +42,11 @@ from familiar_connect.errors import (
 from familiar_connect.platforms.discord.commands import register_commands
 from familiar_connect.platforms.discord.sink import DiscordTextSink, OutboundLimiter, SinkStats
 from familiar_connect.platforms.discord.translate import ignore_reason, to_text_message
-from familiar_connect.platforms.discord.voice import VoiceManager
 from familiar_connect.storage.subscriptions import Subscription
 
 if TYPE_CHECKING:
     from familiar_connect.app import Familiar
+    from familiar_connect.platforms.discord.voice import VoiceManager
 
 __all__ = ["DiscordService", "build_intents"]
 
