@@ -329,7 +329,7 @@ class TestAzureSpeechStream:
         stream._on_snapshot(Snapshot(kind="recognized", reason="RecognizedSpeech", text="a"), 1)
         for i in range(3):
             stream._on_snapshot(Snapshot(kind="recognizing", text=f"i{i}"), 2)
-        kinds = [(e.kind, e.text) for e in stream._events]
+        kinds = [(e.kind, e.text) for e in stream._queue._events]
         assert kinds == [("final", "a"), ("interim", "i1"), ("interim", "i2")]
         assert stream.events_dropped == 1
 
@@ -363,7 +363,11 @@ class TestAzureSpeechStream:
             stream._on_snapshot(Snapshot(kind="speech_end", offset_ticks=TICKS), 1)
         stream._on_snapshot(Snapshot(kind="recognizing", text="more"), 2)
         stream._on_snapshot(Snapshot(kind="speech_end", offset_ticks=2 * TICKS), 3)
-        assert [e.kind for e in stream._events] == ["utterance_end", "interim", "utterance_end"]
+        assert [e.kind for e in stream._queue._events] == [
+            "utterance_end",
+            "interim",
+            "utterance_end",
+        ]
 
     async def test_connection_counters(self) -> None:
         """Disconnects and reconnects after the first connection are counted."""

@@ -47,7 +47,6 @@ import json
 import threading
 import time
 import weakref
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -71,6 +70,7 @@ from familiar_connect.speech.azure_sdk import (
     validate_host,
 )
 from familiar_connect.speech.stt.base import SAMPLE_RATE_HZ, TranscriptEvent
+from familiar_connect.speech.stt.queue import TranscriptQueue
 
 __all__ = [
     "AZURE_SAMPLE_RATE_HZ",
@@ -409,14 +409,11 @@ class AzureSpeechStream:
         self._sdk: _Recognition | None = None
         self._sdk_lock = threading.Lock()
         self._disposed = False
-        self._events: deque[TranscriptEvent] = deque()
-        self._events_ready = asyncio.Event()
+        self._queue = TranscriptQueue(max_events=owner.event_queue_size)
         self._connected_once = asyncio.Event()
         # Set once the first connection opened or recognition failed.
         self._settled = asyncio.Event()
         self._stopped = asyncio.Event()
-        self._ended = False
-        self._failure: ProviderError | None = None
         self._closing = False
         self._close_task: asyncio.Task[None] | None = None
         self._connected = False
@@ -427,7 +424,6 @@ class AzureSpeechStream:
         self.fed_bytes = 0
         self.written_bytes = 0
         self.overflow_bytes = 0
-        self.events_dropped = 0
         self.finalizes = 0
         self.disconnects = 0
         self.reconnects = 0
@@ -446,7 +442,7 @@ class AzureSpeechStream:
         """
         if len(pcm) % 2:
             raise ValueError("PCM must be whole 16-bit samples")
-        if self._closing or self._ended or not pcm:
+        if self._closing or self._queue.ended or not pcm:
             return
         self.fed_bytes += len(pcm)
         self._write(self._resampler.process(pcm))
@@ -486,15 +482,8 @@ class AzureSpeechStream:
 
         Cancellation: cancelling the iterating task only stops the iteration.
         """
-        while True:
-            while self._events:
-                yield self._events.popleft()
-            if self._ended:
-                if self._failure is not None:
-                    raise self._failure
-                return
-            self._events_ready.clear()
-            await self._events_ready.wait()
+        async for event in self._queue.drain():
+            yield event
 
     async def finalize(self) -> None:
         """The speaker went quiet: write enough silence for Azure's endpointing to close the phrase.
@@ -503,7 +492,7 @@ class AzureSpeechStream:
         zeros (removed again from reported times). A no-op when no audio arrived since the
         last finalize.
         """
-        if self._closing or self._ended or not self._audio_since_finalize:
+        if self._closing or self._queue.ended or not self._audio_since_finalize:
             return
         self._write(self._resampler.flush())
         self._write_silence(self._owner.finalize_silence_bytes)
@@ -537,7 +526,7 @@ class AzureSpeechStream:
     @property
     def pending_events(self) -> int:
         """Transcript events waiting for the consumer."""
-        return len(self._events)
+        return len(self._queue)
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -571,8 +560,8 @@ class AzureSpeechStream:
             raise ProviderTimeout(
                 "the recognition websocket did not open", provider=PROVIDER
             ) from None
-        if self._failure is not None:
-            raise self._failure
+        if self._queue.failure is not None:
+            raise self._queue.failure
         self._log.info("azure_stream_opened", locale=owner.locale, phrases=len(self.keyterms))
 
     def _on_snapshot(self, snap: Snapshot, received_ns: int) -> None:
@@ -617,38 +606,32 @@ class AzureSpeechStream:
             if event is not None:
                 self._push(event)
 
+    @property
+    def events_dropped(self) -> int:
+        """Events dropped because the consumer fell behind (interims first)."""
+        return self._queue.dropped
+
     def _push(self, event: TranscriptEvent) -> None:
-        if self._ended:
+        if self._queue.ended:
             return
         if event.kind == "utterance_end" and self._last_kind == "utterance_end":
             # The SDK opens a continuation turn after each turn end; an empty one repeats it.
             return
         self._last_kind = event.kind
-        if len(self._events) >= self._owner.event_queue_size:
-            victim = next((e for e in self._events if e.kind == "interim"), None)
-            if victim is not None:
-                self._events.remove(victim)
-            else:
-                self._events.popleft()
-            self.events_dropped += 1
-        self._events.append(event)
-        self._events_ready.set()
+        self._queue.push(event)
 
     def _fail(self, error: ProviderError) -> None:
-        if self._ended:
+        if not self._queue.end(error):
             return
-        self._ended = True
-        self._failure = error
         self._stopped.set()
         self._settled.set()
-        self._events_ready.set()
 
     async def _close(self) -> None:
         owner = self._owner
         self._closing = True
         try:
             sdk = self._sdk
-            if sdk is not None and not self._ended and sdk.push is not None:
+            if sdk is not None and not self._queue.ended and sdk.push is not None:
                 # End of audio: the service answers what it still holds, then the turn ends.
                 self._write(self._resampler.flush())
                 with contextlib.suppress(RuntimeError):
@@ -657,8 +640,7 @@ class AzureSpeechStream:
                     async with asyncio.timeout(owner.close_timeout_s):
                         await self._stopped.wait()
         finally:
-            self._ended = True
-            self._events_ready.set()
+            self._queue.end()
             await self._dispose()
             owner._forget(self)
 

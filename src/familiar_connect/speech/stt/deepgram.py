@@ -33,7 +33,6 @@ import contextlib
 import random
 import time
 import warnings
-from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -53,6 +52,7 @@ from familiar_connect.errors import (
 from familiar_connect.llm.sse import error_for_status
 from familiar_connect.speech.audio import ReplayBuffer
 from familiar_connect.speech.stt.base import SAMPLE_RATE_HZ, TranscriptEvent
+from familiar_connect.speech.stt.queue import TranscriptQueue
 
 # deepgram-sdk 7.16 is built on websockets.legacy and imports a deprecated exception name; both
 # warn once at import. Pinned websockets==17.4 still ships both (library-facts §3).
@@ -165,10 +165,7 @@ class DeepgramSpeechStream:
         self._finalize_requested = False
         self._wake = asyncio.Event()
         # Transcript events out.
-        self._events: deque[TranscriptEvent] = deque()
-        self._events_ready = asyncio.Event()
-        self._ended = False
-        self._failure: ProviderError | None = None
+        self._queue = TranscriptQueue(max_events=owner.event_queue_size)
         # Lifecycle.
         self._closing = False
         self._close_requested = asyncio.Event()
@@ -179,7 +176,6 @@ class DeepgramSpeechStream:
         self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._task: asyncio.Task[None] | None = None
         self._overflowing = False
-        self.events_dropped = 0
         self.reconnects = 0
         self.keepalives_sent = 0
         self.finalizes_sent = 0
@@ -197,7 +193,7 @@ class DeepgramSpeechStream:
         """
         if len(pcm) % 2:
             raise ValueError("PCM must be whole 16-bit samples")
-        if self._closing or self._ended or not pcm:
+        if self._closing or self._queue.ended or not pcm:
             return
         audio = self._audio
         dropped = audio.push(pcm)
@@ -219,15 +215,8 @@ class DeepgramSpeechStream:
 
         Cancellation: cancelling the iterating task only stops the iteration.
         """
-        while True:
-            while self._events:
-                yield self._events.popleft()
-            if self._ended:
-                if self._failure is not None:
-                    raise self._failure
-                return
-            self._events_ready.clear()
-            await self._events_ready.wait()
+        async for event in self._queue.drain():
+            yield event
 
     async def finalize(self) -> None:
         """Ask Deepgram to flush what it heard now (the stream also does this on its own idle timer).
@@ -275,7 +264,7 @@ class DeepgramSpeechStream:
     @property
     def pending_events(self) -> int:
         """Transcript events waiting for the consumer."""
-        return len(self._events)
+        return len(self._queue)
 
     @property
     def connected(self) -> bool:
@@ -287,23 +276,17 @@ class DeepgramSpeechStream:
     def _start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"deepgram-{self.speaker_id}")
 
+    @property
+    def events_dropped(self) -> int:
+        """Events dropped because the consumer fell behind (interims first)."""
+        return self._queue.dropped
+
     def _push(self, event: TranscriptEvent) -> None:
-        if len(self._events) >= self._owner.event_queue_size:
-            victim = next((e for e in self._events if e.kind == "interim"), None)
-            if victim is not None:
-                self._events.remove(victim)
-            else:
-                self._events.popleft()
-            self.events_dropped += 1
-        self._events.append(event)
-        self._events_ready.set()
+        self._queue.push(event)
 
     def _end(self, failure: ProviderError | None) -> None:
-        if self._ended:
+        if not self._queue.end(failure):
             return
-        self._ended = True
-        self._failure = failure
-        self._events_ready.set()
         if not self._ready.done():
             if failure is not None:
                 self._ready.set_exception(failure)
