@@ -21,9 +21,10 @@ itself (:func:`familiar_connect.cli.main`) after the store reopened (which
 quarantines a torn audit tail). Then ``{"event": "load_started"}``; user
 messages are ``msg <conversation> <n> <sha8>`` so a checker can tell a whole one.
 
-``--failpoint after_replace`` kills the process with SIGKILL the first time the
-memory store, having replaced a note on disk, goes to append its audit record:
-the one instant a random kill can only hit by luck.
+``--failpoint before_record|after_record`` kills the process with SIGKILL at the
+first memory write after load starts, just before or just after its audit record
+is appended (the temp file holds the new content; the rename has not happened):
+the instants a random kill can only hit by luck.
 
 Used by ``tests/reliability/test_crash.py``; also handy by hand::
 
@@ -106,8 +107,8 @@ class LoadService:
 
     async def run(self) -> None:
         await self._report_startup()
-        if self.failpoint == "after_replace":
-            _arm_after_replace_failpoint()
+        if self.failpoint is not None:
+            _arm_failpoint(self.failpoint)
         emit("load_started", conversations=self.conversations)
         async with asyncio.TaskGroup() as group:
             for index in range(self.conversations):
@@ -173,10 +174,17 @@ class LoadService:
             await orchestrator.wait_idle(key)
 
 
-def _arm_after_replace_failpoint() -> None:
-    """SIGKILL ourselves when the store appends its first audit record after this point."""
+def _arm_failpoint(where: str) -> None:
+    """SIGKILL ourselves at the first memory write from here on, on one side of its audit record.
+
+    ``before_record``: the new content is durable in its temp file, the record not yet
+    appended. ``after_record``: the record is appended, the temp file not yet renamed.
+    """
+    real_append = AuditLog.append
 
     def append_then_die(self: AuditLog, **kwargs: Any) -> Any:
+        if where == "after_record":
+            real_append(self, **kwargs)
         os.kill(os.getpid(), signal.SIGKILL)
 
     AuditLog.append = append_then_die  # type: ignore[method-assign]
@@ -185,7 +193,7 @@ def _arm_after_replace_failpoint() -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--conversations", type=int, default=4)
-    parser.add_argument("--failpoint", choices=["after_replace"], default=None)
+    parser.add_argument("--failpoint", choices=["before_record", "after_record"], default=None)
     args = parser.parse_args()
     settings = load_settings(env_file=None)
     configure_logging(

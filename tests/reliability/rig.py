@@ -20,7 +20,7 @@ import io
 import json
 import logging
 import warnings
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -254,11 +254,16 @@ async def rig(
     toml: str = "",
     settings: Mapping[str, Any] | None = None,
     extra_services: Iterable[Service] = (),
+    service_factories: Iterable[Callable[[Familiar], Service]] = (),
     discord: FakeDiscord | None = None,
     llm: FakeOpenRouter | None = None,
     log_level: str = "DEBUG",
 ) -> AsyncIterator[Rig]:
-    """Start a familiar with Discord and the dashboard; stop everything on exit."""
+    """Start a familiar with Discord and the dashboard; stop everything on exit.
+
+    ``service_factories`` build further adapters (Twitch, ...) from the opened familiar,
+    the way ``familiar run`` does; ``extra_services`` are added as they are.
+    """
     async with contextlib.AsyncExitStack() as stack:
         if discord is None:
             discord = await stack.enter_async_context(FakeDiscord(bot_token=DISCORD_TOKEN))
@@ -286,7 +291,8 @@ async def rig(
         service = DiscordService(familiar, guild_ready_timeout_s=0.05)
         familiar.subscription_checks.append(service.is_subscribed)
         dashboard = DashboardService(familiar, out=io.StringIO(), flush_interval_s=0.02)
-        supervisor = Supervisor([*familiar.services, service, dashboard, *extra_services])
+        built = [make(familiar) for make in service_factories]
+        supervisor = Supervisor([*familiar.services, service, dashboard, *extra_services, *built])
         dashboard.supervisor = supervisor
         task = asyncio.create_task(supervisor.run(), name="rig:supervisor")
         http = await stack.enter_async_context(

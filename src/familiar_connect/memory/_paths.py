@@ -15,8 +15,8 @@ Two layers keep every operation inside the memory root:
 
 The same fd discipline covers everything below the lookup: :func:`read_bytes`
 opens the final name with ``O_NOFOLLOW`` relative to its directory fd,
-:func:`atomic_replace` creates its temp file with ``O_CREAT | O_EXCL |
-O_NOFOLLOW`` and renames with ``src_dir_fd``/``dst_dir_fd``, and
+:func:`write_temp` creates its temp file with ``O_CREAT | O_EXCL |
+O_NOFOLLOW`` and :func:`commit_temp` renames with ``src_dir_fd``/``dst_dir_fd``, and
 :func:`iter_tree` (used by glob, grep and the temp-file sweep) descends only
 through real directories. :func:`glob_match` matches glob segments.
 
@@ -70,7 +70,9 @@ __all__ = [
     "normalize_rel_path",
     "open_root",
     "read_bytes",
-    "atomic_replace",
+    "commit_temp",
+    "discard_temp",
+    "write_temp",
 ]
 
 log = structlog.get_logger(__name__)
@@ -395,18 +397,17 @@ def read_bytes(dir_fd: int, name: str, rel_path: str, *, max_bytes: int) -> byte
         os.close(fd)
 
 
-def atomic_replace(dir_fd: int, name: str, data: bytes, rel_path: str) -> None:
-    """Replace ``name`` in ``dir_fd`` with ``data``: temp file, fsync, rename, fsync dir.
+def write_temp(dir_fd: int, name: str, data: bytes, rel_path: str) -> str:
+    """Write ``data`` to a fresh temp file next to ``name`` and fsync it; return the temp name.
 
-    The temp file is created with ``O_CREAT | O_EXCL | O_NOFOLLOW`` next to the
-    target and removed on any failure, so nothing but the old or the new file
-    is ever left (a SIGKILL can leave a temp file; stores sweep those at start).
+    The temp file is created with ``O_CREAT | O_EXCL | O_NOFOLLOW`` and removed on
+    any failure. Nothing visible changes until :func:`commit_temp` renames it.
 
     Raises:
-        MemoryStoreError: the target is a directory, or an OS failure.
+        MemoryStoreError: an OS failure.
     """
     tmp = make_temp_name(name)
-    replaced = False
+    done = False
     try:
         fd = os.open(tmp, _TEMP_FLAGS, 0o600, dir_fd=dir_fd)
         try:
@@ -417,22 +418,42 @@ def atomic_replace(dir_fd: int, name: str, data: bytes, rel_path: str) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-        # A symlink swapped in at `name` is replaced itself, never followed.
-        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        replaced = True
+        done = True
     except OSError as exc:
+        raise MemoryStoreError(f"cannot write {rel_path!r}: {exc.strerror}") from exc
+    finally:
+        if not done:
+            discard_temp(dir_fd, tmp)
+    return tmp
+
+
+def commit_temp(dir_fd: int, tmp: str, name: str, rel_path: str) -> None:
+    """Rename the temp file over ``name`` and fsync the directory.
+
+    A symlink swapped in at ``name`` is replaced itself, never followed. On
+    failure the temp file is removed and the target is untouched.
+
+    Raises:
+        MemoryStoreError: the target is a directory, or an OS failure.
+    """
+    try:
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except OSError as exc:
+        discard_temp(dir_fd, tmp)
         if exc.errno == errno.EISDIR:
             raise MemoryStoreError(f"is a directory: {rel_path!r}") from exc
         raise MemoryStoreError(f"cannot write {rel_path!r}: {exc.strerror}") from exc
-    finally:
-        if not replaced:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp, dir_fd=dir_fd)
     try:
         os.fsync(dir_fd)
     except OSError:
         # The rename is done; only its durability across power loss is in doubt.
         log.warning("memory_dir_fsync_failed", rel_path=rel_path)
+
+
+def discard_temp(dir_fd: int, tmp: str) -> None:
+    """Remove a temp file if it is still there (never raises)."""
+    with contextlib.suppress(OSError):
+        os.unlink(tmp, dir_fd=dir_fd)
 
 
 def _walk_sort_key(name: str, st: os.stat_result) -> str:

@@ -12,16 +12,16 @@ re-checked, stays inside the root; those leading out raise
 ``list_dir``, ``glob`` and ``grep`` results. Recursive walks (``glob``,
 ``grep`` over a directory) never descend through symlinked directories.
 
-Writes go to a temp file ``.<name>.tmp-<hex>`` in the target's directory,
-are fsynced, renamed over the target with ``os.replace`` and the directory
-is fsynced, so a reader or a crash sees the old or the new content, never a
-mix. Stale temp files left by a killed process are removed when a store
-opens. Every successful write or append then appends one hash-chained
-record to the audit log (:mod:`familiar_connect.memory.audit`). The file is
-written *before* its record: a crash in between leaves a file whose hash
-matches no record, which :func:`~familiar_connect.memory.audit.verify_audit`
-reports as "file changed outside the store"; the other order would leave a
-record describing content that never reached the disk.
+Writes go to a temp file ``.<name>.tmp-<hex>`` in the target's directory and
+are fsynced; then the change's hash-chained record is appended to the audit log
+(:mod:`familiar_connect.memory.audit`); then the temp file is renamed over the
+target with ``os.replace`` and the directory is fsynced. The audit log is the
+write-ahead log: a crash before the record leaves a temp file that the next
+open sweeps away (the old content stands, and no record claims otherwise); a
+crash after it is finished by the next open, which renames the temp file whose
+SHA-256 the newest record names. Deletes are recorded before the unlink and
+finished the same way. So a reader or a crash sees the old or the new content,
+never a mix, and ``familiar memory verify`` passes after any crash.
 
 Paths in results, audit records and write listeners are canonical: POSIX,
 relative to the root, with ``.``/``..`` folded (and, for writes, in-root
@@ -53,17 +53,20 @@ from familiar_connect.errors import (
 )
 from familiar_connect.memory._paths import (
     Located,
-    atomic_replace,
+    commit_temp,
     count_entries,
+    discard_temp,
     glob_could_match_under,
     glob_match,
     is_temp_name,
     iter_tree,
     locate,
+    make_temp_name,
     normalize_glob,
     normalize_rel_path,
     read_bytes,
     scan_dir,
+    write_temp,
 )
 from familiar_connect.memory.audit import (
     DELETED_SHA256,
@@ -209,10 +212,11 @@ class MemoryStore:
         self._root_posix = PurePosixPath(self.root.as_posix())
         self._lock = threading.RLock()
         self._listeners: list[WriteListener] = []
-        self._remove_stale_temp_files()
         # We are the only writer: a record torn by a crash is moved aside first.
         quarantine_torn_tail(resolved_audit)
         self._audit = AuditLog(resolved_audit)
+        self._finish_last_operation()
+        self._remove_stale_temp_files()
 
     @property
     def audit_path(self) -> Path:
@@ -447,7 +451,7 @@ class MemoryStore:
                 the directory already holds ``max_files_per_dir`` entries.
             MemoryStoreError: empty path, a directory in the way, non-str
                 content, or an OS failure.
-            AuditLogError: the file was written but its record could not be appended.
+            AuditLogError: its record could not be appended; the file is unchanged.
         """
         self._write(rel_path, content, operation="write", source=source, context=context)
 
@@ -485,7 +489,7 @@ class MemoryStore:
         Raises:
             MemoryStorePathError: the path leaves the root.
             MemoryStoreError: empty path, a directory, or an OS failure.
-            AuditLogError: the file was deleted but its record could not be appended.
+            AuditLogError: its record could not be appended; the file is still there.
         """
         _check_source(source)
         pairs = _check_context(context)
@@ -506,33 +510,32 @@ class MemoryStore:
                     return False
                 if loc.name is None or not stat.S_ISREG(loc.st.st_mode):
                     raise MemoryStoreError(f"not a regular file: {loc.rel_path!r}")
+                canonical = loc.rel_path
+                # Write-ahead, as for writes: the record first, then the unlink; a crash
+                # in between is finished on open (_finish_last_operation).
+                try:
+                    self._audit.append(
+                        rel_path=canonical,
+                        operation="delete",
+                        bytes_written=0,
+                        source=source,
+                        sha256=DELETED_SHA256,
+                        context=pairs,
+                    )
+                except AuditLogError:
+                    log.error("memory_audit_append_failed", rel_path=canonical, operation="delete")
+                    raise
                 try:
                     os.unlink(loc.name, dir_fd=loc.parent_fd)
-                    os.fsync(loc.parent_fd)
                 except OSError as exc:
-                    raise MemoryStoreError(
-                        f"cannot delete {loc.rel_path!r}: {exc.strerror}"
-                    ) from exc
+                    self._record_unchanged(loc, canonical, source)
+                    raise MemoryStoreError(f"cannot delete {canonical!r}: {exc.strerror}") from exc
+                with contextlib.suppress(OSError):
+                    os.fsync(loc.parent_fd)
             finally:
                 os.close(loc.parent_fd)
-            canonical = loc.rel_path
             log.debug("memory_file_deleted", rel_path=canonical, source=source)
-            audit_error: AuditLogError | None = None
-            try:
-                self._audit.append(
-                    rel_path=canonical,
-                    operation="delete",
-                    bytes_written=0,
-                    source=source,
-                    sha256=DELETED_SHA256,
-                    context=pairs,
-                )
-            except AuditLogError as exc:
-                log.error("memory_audit_append_failed", rel_path=canonical, operation="delete")
-                audit_error = exc
             self._notify(canonical, None)
-            if audit_error is not None:
-                raise audit_error
             return True
 
     # -- internals -----------------------------------------------------------
@@ -643,10 +646,32 @@ class MemoryStore:
             )
             try:
                 name, full_text, new_data = self._prepare(loc, content, data, operation)
-                atomic_replace(loc.parent_fd, name, new_data, loc.rel_path)
+                # Write-ahead: the new content is durable in a temp file, then its record
+                # is appended, then the temp file is renamed into place. A crash before
+                # the record leaves only a temp file (swept on open: the old content
+                # stands); a crash after it is finished on open (_finish_last_operation).
+                tmp = write_temp(loc.parent_fd, name, new_data, loc.rel_path)
+                canonical = loc.rel_path
+                try:
+                    self._audit.append(
+                        rel_path=canonical,
+                        operation=operation,
+                        bytes_written=len(data),
+                        source=source,
+                        sha256=hashlib.sha256(new_data).hexdigest(),
+                        context=pairs,
+                    )
+                except AuditLogError:
+                    discard_temp(loc.parent_fd, tmp)
+                    log.error("memory_audit_append_failed", rel_path=canonical, operation=operation)
+                    raise
+                try:
+                    commit_temp(loc.parent_fd, tmp, name, canonical)
+                except MemoryStoreError:
+                    self._record_unchanged(loc, canonical, source)
+                    raise
             finally:
                 os.close(loc.parent_fd)
-            canonical = loc.rel_path
             log.debug(
                 "memory_file_written",
                 rel_path=canonical,
@@ -654,23 +679,31 @@ class MemoryStore:
                 bytes_written=len(data),
                 source=source,
             )
-            audit_error: AuditLogError | None = None
-            try:
-                self._audit.append(
-                    rel_path=canonical,
-                    operation=operation,
-                    bytes_written=len(data),
-                    source=source,
-                    sha256=hashlib.sha256(new_data).hexdigest(),
-                    context=pairs,
-                )
-            except AuditLogError as exc:
-                log.error("memory_audit_append_failed", rel_path=canonical, operation=operation)
-                audit_error = exc
-            # Listeners hear about the change even if auditing failed: the file did change.
             self._notify(canonical, full_text)
-            if audit_error is not None:
-                raise audit_error
+
+    def _record_unchanged(self, loc: Located, rel_path: str, source: str) -> None:
+        """Append a record restoring the file's real state after a recorded change failed.
+
+        Keeps the chain describing the disk when a rename or unlink fails after its
+        record was appended (an OS error, not a crash: a crash is finished on open).
+        """
+        try:
+            if loc.name is None or loc.st is None:
+                sha, operation = DELETED_SHA256, "delete"
+            else:
+                old = read_bytes(
+                    loc.parent_fd, loc.name, rel_path, max_bytes=self.limits.max_file_bytes
+                )
+                sha, operation = hashlib.sha256(old).hexdigest(), "write"
+            self._audit.append(
+                rel_path=rel_path,
+                operation=operation,
+                bytes_written=0,
+                source=f"rollback:{source}"[:_MAX_SOURCE_CHARS],
+                sha256=sha,
+            )
+        except (MemoryStoreError, AuditLogError):
+            log.error("memory_audit_rollback_failed", rel_path=rel_path)
 
     def _prepare(
         self, loc: Located, content: str, data: bytes, operation: Operation
@@ -702,6 +735,60 @@ class MemoryStore:
                 f"would exceed the {cap}-byte file cap"
             )
         return name, self._decode(old, loc.rel_path) + content, old + data
+
+    def _finish_last_operation(self) -> None:
+        """Finish a change whose audit record was appended but which a crash cut short.
+
+        Only the newest record can be unfinished: changes are recorded one at a time
+        under the store lock, each completed before the next begins. A write is
+        finished by renaming its temp file (found by name and by the recorded
+        SHA-256) into place; a delete by unlinking the file if it still holds the
+        content recorded before the delete. Anything else is left for
+        ``familiar memory verify`` to report.
+        """
+        entries = self._audit.entries()
+        if not entries:
+            return
+        last = entries[-1]
+        try:
+            loc = locate(self._root_posix, normalize_rel_path(last.rel_path))
+        except MemoryStoreError:
+            return
+        try:
+            if loc.name is None or (loc.st is not None and not stat.S_ISREG(loc.st.st_mode)):
+                return
+            current = self._sha256_of(loc.parent_fd, loc.name, last.rel_path) if loc.st else None
+            if last.operation == "delete":
+                before = next(
+                    (e.sha256 for e in reversed(entries[:-1]) if e.rel_path == last.rel_path),
+                    None,
+                )
+                if current is not None and current == before:
+                    os.unlink(loc.name, dir_fd=loc.parent_fd)
+                    os.fsync(loc.parent_fd)
+                    log.warning("memory_delete_finished_on_open", rel_path=last.rel_path)
+                return
+            if current == last.sha256:
+                return
+            stem = make_temp_name(loc.name).rpartition(".tmp-")[0] + ".tmp-"
+            for candidate in sorted(os.listdir(loc.parent_fd)):
+                if not (candidate.startswith(stem) and is_temp_name(candidate)):
+                    continue
+                if self._sha256_of(loc.parent_fd, candidate, last.rel_path) == last.sha256:
+                    commit_temp(loc.parent_fd, candidate, loc.name, last.rel_path)
+                    log.warning("memory_write_finished_on_open", rel_path=last.rel_path)
+                    return
+        except (OSError, MemoryStoreError):
+            log.exception("memory_finish_on_open_failed", rel_path=last.rel_path)
+        finally:
+            os.close(loc.parent_fd)
+
+    def _sha256_of(self, dir_fd: int, name: str, rel_path: str) -> str | None:
+        try:
+            data = read_bytes(dir_fd, name, rel_path, max_bytes=self.limits.max_file_bytes)
+        except MemoryStoreError:
+            return None
+        return hashlib.sha256(data).hexdigest()
 
     def _notify(self, rel_path: str, content: str | None) -> None:
         for listener in list(self._listeners):
