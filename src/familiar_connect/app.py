@@ -394,8 +394,17 @@ def _twitch_service(familiar: Familiar) -> Service:
     return service
 
 
-def _connect_twitch(services: list[Service], dashboard: DashboardService | None) -> None:
-    """Let the Twitch adapter speak in the voice channel and report to the dashboard."""
+_PROVIDER_OF_SERVICE = {"discord": "discord_gateway", "twitch": "twitch_eventsub"}
+"""The dashboard provider row each adapter reports its connection to."""
+
+
+def connect_adapters(services: list[Service], dashboard: DashboardService | None) -> None:
+    """Bind adapters to the dashboard's provider rows, and let Twitch speak in the voice channel."""
+    if dashboard is not None:
+        for service in services:
+            provider_id = _PROVIDER_OF_SERVICE.get(service.name)
+            if provider_id is not None and hasattr(service, "report"):
+                service.report = functools.partial(dashboard.providers.report, provider_id)  # type: ignore[attr-defined]
     twitch = next((s for s in services if s.name == "twitch"), None)
     if twitch is None:
         return
@@ -412,8 +421,6 @@ def _connect_twitch(services: list[Service], dashboard: DashboardService | None)
             return VoiceTarget(key, sink)
 
         twitch.voice = voice_target  # type: ignore[attr-defined]
-    if dashboard is not None:
-        twitch.report = functools.partial(dashboard.providers.report, "twitch_eventsub")  # type: ignore[attr-defined]
 
 
 PlatformFactory = Callable[[Familiar], Service]
@@ -455,7 +462,7 @@ class App:
             dashboard = DashboardService(familiar) if self.settings.dashboard_enabled else None
             if dashboard is not None:
                 services.append(dashboard)
-            _connect_twitch(services, dashboard)
+            connect_adapters(services, dashboard)
             self.supervisor = Supervisor(services, describe_error=safe_error_text)
             if dashboard is not None:
                 dashboard.supervisor = self.supervisor

@@ -265,6 +265,19 @@ class TestOpenRouterClient:
         assert (retried[0]["status"], retried[0]["attempt"]) == (429, 1)
         assert retried[0]["delay_s"] >= 0.02
 
+    async def test_stats_count_retries_recoveries_and_failures(
+        self, client: OpenRouterClient, fake_openrouter: FakeOpenRouter
+    ) -> None:
+        """The client's stats count each call, each retried request, recoveries and failures."""
+        fake_openrouter.reply_http_error(502, message="bad gateway")
+        fake_openrouter.reply_text("recovered")
+        await client.complete(MESSAGES, CALL)
+        fake_openrouter.reply_http_error(401, message="bad key")
+        with pytest.raises(ProviderAuthError):
+            await client.complete(MESSAGES, CALL)
+        stats = client.stats
+        assert (stats.calls, stats.retries, stats.recovered, stats.failed) == (2, 1, 1, 1)
+
     async def test_retry_after_above_the_cap_is_raised(
         self, make_client: ClientFactory, fake_openrouter: FakeOpenRouter
     ) -> None:

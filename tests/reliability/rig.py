@@ -29,7 +29,7 @@ import aiohttp
 import structlog
 
 from familiar_connect import logs
-from familiar_connect.app import Familiar, open_familiar
+from familiar_connect.app import Familiar, connect_adapters, open_familiar
 from familiar_connect.character import load_character
 from familiar_connect.core.events import ConversationKey, Platform
 from familiar_connect.dashboard import DashboardService
@@ -117,6 +117,9 @@ def captured_logging(level: str = "DEBUG", secrets: Iterable[str] = ()) -> Any:
     current = logs._current
     sink = JsonLog()
     configure_logging(level=level, fmt="json", stream=sink.stream, secrets=list(secrets))
+    # Module-level loggers cache their first configuration; a cached JSON logger would
+    # outlive this block and blind later tests' structlog.testing.capture_logs().
+    structlog.configure(cache_logger_on_first_use=False)
     try:
         yield sink
     finally:
@@ -292,7 +295,9 @@ async def rig(
         familiar.subscription_checks.append(service.is_subscribed)
         dashboard = DashboardService(familiar, out=io.StringIO(), flush_interval_s=0.02)
         built = [make(familiar) for make in service_factories]
-        supervisor = Supervisor([*familiar.services, service, dashboard, *extra_services, *built])
+        services = [*familiar.services, service, dashboard, *extra_services, *built]
+        connect_adapters(services, dashboard)
+        supervisor = Supervisor(services)
         dashboard.supervisor = supervisor
         task = asyncio.create_task(supervisor.run(), name="rig:supervisor")
         http = await stack.enter_async_context(

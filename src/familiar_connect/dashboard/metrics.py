@@ -148,6 +148,18 @@ def render_metrics(data: MetricsInput) -> str:
         "Turns answered by a configured fallback model.",
         [({}, data.llm.get("fallbacks", 0))],
     )
+    out.family(
+        "familiar_llm_requests_retried_total",
+        "counter",
+        "LLM requests repeated after a 429, 5xx, timeout or dropped connection.",
+        [({}, data.llm.get("requests_retried", 0))],
+    )
+    out.family(
+        "familiar_llm_retries_recovered_total",
+        "counter",
+        "LLM calls that succeeded after at least one retry.",
+        [({}, data.llm.get("retries_recovered", 0))],
+    )
     samples: list[tuple[Mapping[str, str], float]] = []
     for modality, rows in data.latency.items():
         for row in rows:

@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from familiar_connect.character import Character
+from familiar_connect.llm.openrouter import LLMClientStats
 from familiar_connect.settings import Settings
 from familiar_connect.supervisor import ServiceStatus
 
@@ -92,10 +93,15 @@ class ProviderBoard:
     Args:
         settings: which providers are configured (and the LLM endpoint's host).
         character: the LLM call sites' configured models and fallbacks.
+        llm_stats: the LLM client's own counters (retries it recovered from never
+            reach a turn's outcome), if there is a client.
     """
 
-    def __init__(self, settings: Settings, character: Character) -> None:
+    def __init__(
+        self, settings: Settings, character: Character, llm_stats: LLMClientStats | None = None
+    ) -> None:
         self._settings = settings
+        self._llm_stats = llm_stats
         llm = character.config.llm
         self._fallbacks = {
             "reply": frozenset(llm.reply.fallback_models),
@@ -205,6 +211,7 @@ class ProviderBoard:
                     "turns": llm.turns,
                     "failures": llm.failures,
                     "last_ok_at": llm.last_ok_at,
+                    **self._client_counters(),
                 }
             if state is None:
                 state = "waiting" if configured else "not configured"
@@ -248,4 +255,15 @@ class ProviderBoard:
     def llm(self) -> dict[str, Any]:
         """LLM counters, for ``/metrics``."""
         llm = self._llm
-        return {"turns": llm.turns, "failures": llm.failures, "fallbacks": llm.fallbacks}
+        return {
+            "turns": llm.turns,
+            "failures": llm.failures,
+            "fallbacks": llm.fallbacks,
+            **self._client_counters(),
+        }
+
+    def _client_counters(self) -> dict[str, int]:
+        stats = self._llm_stats
+        if stats is None:
+            return {}
+        return {"requests_retried": stats.retries, "retries_recovered": stats.recovered}

@@ -129,7 +129,7 @@ class DashboardService:
         self.started = asyncio.Event()
 
         self.hub = LiveHub(max_clients=max_clients, flush_interval_s=flush_interval_s)
-        self.providers = ProviderBoard(self.settings, familiar.character)
+        self.providers = ProviderBoard(self.settings, familiar.character, familiar.llm.stats)
         operator_log = OperatorLog(self.settings.familiar_dir / OPERATOR_LOG_NAME)
         self.controls = Controls(familiar.orchestrator, operator_log, voice=voice)
         self.state = DashboardState(

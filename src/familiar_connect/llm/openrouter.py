@@ -29,7 +29,7 @@ import math
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -63,6 +63,7 @@ from familiar_connect.llm.types import (
 
 __all__ = [
     "OPENROUTER_BASE_URL",
+    "LLMClientStats",
     "OpenRouterClient",
     "UsageCallback",
     "build_chat_body",
@@ -171,6 +172,24 @@ def _header_value(name: str, value: str) -> str:
     return value
 
 
+@dataclass(slots=True)
+class LLMClientStats:
+    """What the client did, for the dashboard's LLM row and ``/metrics``.
+
+    Attributes:
+        calls: calls to :meth:`OpenRouterClient.stream_chat`.
+        retries: requests repeated after a retryable failure (429, 5xx, timeout, drop).
+        recovered: calls that succeeded after at least one retry (invisible to the
+            user but for the delay, and otherwise only a log line).
+        failed: calls that raised to the caller.
+    """
+
+    calls: int = 0
+    retries: int = 0
+    recovered: int = 0
+    failed: int = 0
+
+
 class OpenRouterClient:
     """Streams chat completions from OpenRouter or any OpenAI-compatible server.
 
@@ -271,6 +290,7 @@ class OpenRouterClient:
         self._max_tool_argument_bytes = max_tool_argument_bytes
         self._max_error_body_bytes = max_error_body_bytes
         self._drain_timeout_s = drain_timeout_s
+        self.stats = LLMClientStats()
         self._http = httpx.AsyncClient(
             headers=headers,
             timeout=httpx.Timeout(
@@ -341,6 +361,7 @@ class OpenRouterClient:
         """
         body = build_chat_body(messages, call, tools=tools)
         started_ns = time.monotonic_ns()
+        self.stats.calls += 1
         # Bounded: each pass either returns, raises, or spends one of max_retries.
         for attempt in range(1, self._max_retries + 2):
             log.info(
@@ -357,6 +378,8 @@ class OpenRouterClient:
                     async for event in events:
                         yielded = True
                         yield event
+                if attempt > 1:
+                    self.stats.recovered += 1
                 return
             except ProviderError as exc:
                 # Once the caller has seen output, a replay would repeat it.
@@ -370,8 +393,10 @@ class OpenRouterClient:
                         error=type(exc).__name__,
                         after_output=yielded,
                     )
+                    self.stats.failed += 1
                     raise
                 delay_s = retry_delay_s
+                self.stats.retries += 1
                 log.info(
                     "llm_request_retried",
                     model=call.model,

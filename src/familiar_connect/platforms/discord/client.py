@@ -42,6 +42,7 @@ from familiar_connect.errors import (
 from familiar_connect.platforms.discord.commands import register_commands
 from familiar_connect.platforms.discord.sink import DiscordTextSink, OutboundLimiter, SinkStats
 from familiar_connect.platforms.discord.translate import ignore_reason, to_text_message
+from familiar_connect.status import StatusReporter, report_status
 from familiar_connect.storage.subscriptions import Subscription
 
 if TYPE_CHECKING:
@@ -103,6 +104,15 @@ class _FamiliarClient(discord.Client):
         if self.adapter.voice is not None:
             self.adapter.voice.on_voice_state_update(member, before, after)
 
+    async def on_connect(self) -> None:
+        self.adapter.on_gateway_connected()
+
+    async def on_disconnect(self) -> None:
+        self.adapter.on_gateway_disconnected()
+
+    async def on_resumed(self) -> None:
+        self.adapter.on_gateway_resumed()
+
 
 class DiscordService:
     """Runs the Discord client and bridges it to the familiar.
@@ -112,6 +122,10 @@ class DiscordService:
         guild_ready_timeout_s: discord.py's wait for guilds before ``on_ready``.
         outbound: per-channel send limiter.
         voice: the voice presence (``None`` when no speech providers are configured).
+
+    ``report`` is a plain attribute: the app binds it to the dashboard's Discord gateway
+    row, which then shows the connection state and counts reconnects (resumes and new
+    sessions after a drop) that discord.py handles without the supervisor noticing.
     """
 
     name = "discord"
@@ -139,6 +153,9 @@ class DiscordService:
         self.synced_guilds: set[int] = set()
         self._refused_dms: OrderedDict[int, None] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.report: StatusReporter | None = None
+        self.gateway_disconnects = 0
+        self._gateway_was_connected = False
 
     # --- service ------------------------------------------------------------------
 
@@ -264,6 +281,25 @@ class DiscordService:
         return removed
 
     # --- events -------------------------------------------------------------------
+
+    def on_gateway_connected(self) -> None:
+        """A new gateway session (the first, or a fresh one after a drop that could not resume)."""
+        reconnected = self._gateway_was_connected
+        self._gateway_was_connected = True
+        if reconnected:
+            log.info("discord_gateway_reconnected", resumed=False)
+        report_status(self.report, state="connected", reconnected=reconnected)
+
+    def on_gateway_disconnected(self) -> None:
+        """The gateway connection dropped; discord.py reconnects by itself."""
+        self.gateway_disconnects += 1
+        log.info("discord_gateway_disconnected", disconnects=self.gateway_disconnects)
+        report_status(self.report, state="reconnecting")
+
+    def on_gateway_resumed(self) -> None:
+        """The dropped session was resumed: no event was lost."""
+        log.info("discord_gateway_reconnected", resumed=True)
+        report_status(self.report, state="connected", reconnected=True)
 
     async def on_ready(self, client: _FamiliarClient) -> None:
         log.info(

@@ -1,0 +1,37 @@
+"""How an adapter tells the dashboard about its provider: connection state, errors, reconnects.
+
+Adapters recover from most provider trouble by themselves (a gateway resume, an
+EventSub reconnect), so the supervisor never sees it; they report it through a
+:data:`StatusReporter` instead, which the app binds to the dashboard's
+:meth:`~familiar_connect.dashboard.providers.ProviderBoard.report` for the
+adapter's provider id. Without a dashboard the reporter is ``None`` and
+:func:`report_status` does nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+__all__ = ["StatusReporter", "report_status"]
+
+log = structlog.get_logger(__name__)
+
+StatusReporter = Callable[..., None]
+"""``report(state=..., error=..., reconnected=...)``, all keywords optional."""
+
+
+def report_status(reporter: StatusReporter | None, **fields: Any) -> None:
+    """Pass ``fields`` to ``reporter`` if there is one; a failing reporter is logged, never raised.
+
+    The status line is secondary: an adapter must keep working when the dashboard
+    cannot take a report.
+    """
+    if reporter is None:
+        return
+    try:
+        reporter(**fields)
+    except Exception:
+        log.warning("status_report_failed", exc_info=True)
