@@ -299,3 +299,31 @@ class TestAssemble:
         last = prompt.messages[-1]
         assert last["role"] == "user"
         assert all(_fences_well_formed(m["content"]) for m in prompt.messages[1:])
+
+
+class TestRenderingMemo:
+    def test_repeated_turns_render_identically(
+        self, inputs: PromptInputs, budget: PromptBudget
+    ) -> None:
+        """A second turn over the same window, persona and notes gives the same messages."""
+        first = assemble(inputs, budget)
+        again = assemble(inputs, budget)
+        assert again.messages == first.messages
+        assert again.layer_tokens == first.layer_tokens
+
+    def test_equal_lines_under_another_budget_are_rendered_for_that_budget(
+        self, inputs: PromptInputs
+    ) -> None:
+        """A line seen under one item cap is cut again under a smaller cap, not reused as is."""
+        long_line = HistoryLine("user", "Alice", "tea " * 500, "discord message")
+        wide = PromptBudget()
+        narrow = PromptBudget(max_item_chars=100)
+        seeded = PromptInputs(
+            familiar_name=inputs.familiar_name,
+            persona=inputs.persona,
+            history=[long_line],
+            new_input=inputs.new_input,
+        )
+        wide_history = assemble(seeded, wide).messages[1]["content"]
+        narrow_history = assemble(seeded, narrow).messages[1]["content"]
+        assert len(narrow_history) < 300 < len(wide_history)

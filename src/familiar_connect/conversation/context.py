@@ -4,15 +4,16 @@ The assembly itself is sans-I/O (:mod:`familiar_connect.core.prompt`); this
 module does the reading. It keeps the hot path short: a conversation's recent
 history is a bounded in-memory window (loaded once from SQLite when the
 conversation's actor starts, then appended to as turns happen), operator notes
-are cached for a few seconds, and only the speakers' people notes and a
-bounded full-text search are read per turn.
+are cached for a few seconds, the speakers' people notes are cached until the
+store writes them (or for a minute, to pick up edits made by hand), and only a
+bounded full-text search reads the disk on every turn.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -43,6 +44,7 @@ log = structlog.get_logger(__name__)
 _MAX_SELF_NOTES = 8
 _MAX_NOTE_CHARS = 6_000
 _MAX_SEARCH_QUERY_CHARS = 300
+_MAX_CACHED_PEOPLE_NOTES = 1_024
 
 
 class HistoryWindow:
@@ -96,6 +98,12 @@ class _CachedNotes:
     snippets: tuple[MemorySnippet, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class _CachedNote:
+    loaded_ns: int
+    text: str | None  # None: the person has no note (the common case, cached too)
+
+
 class ContextBuilder:
     """Reads memory and builds the prompt for a turn.
 
@@ -108,6 +116,9 @@ class ContextBuilder:
         history_lines: lines kept per conversation window.
         search_hits: full-text hits added to the prompt per turn.
         operator_notes_ttl_s: how long ``self/`` notes are cached.
+        people_notes_ttl_s: how long a person's note is cached; a write through the
+            store forgets it at once, the TTL only bounds how long an edit made by
+            hand outside the store goes unseen.
     """
 
     def __init__(
@@ -121,6 +132,7 @@ class ContextBuilder:
         history_lines: int = 60,
         search_hits: int = 3,
         operator_notes_ttl_s: float = 10.0,
+        people_notes_ttl_s: float = 60.0,
         exclude_author: Callable[[str, str], bool] | None = None,
     ) -> None:
         self.character = character
@@ -132,7 +144,12 @@ class ContextBuilder:
         self.search_hits = search_hits
         self._operator_notes_ttl_ns = int(operator_notes_ttl_s * 1e9)
         self._operator_notes: _CachedNotes | None = None
+        self._people_notes_ttl_ns = int(people_notes_ttl_s * 1e9)
+        self._people_notes: OrderedDict[str, _CachedNote] = OrderedDict()
+        self._note_writes = 0
         self.exclude_author = exclude_author
+        if memory is not None:
+            memory.add_write_listener(self._forget_note)
 
     async def new_window(
         self, key: ConversationKey, *, familiar_id: str, before: datetime | None = None
@@ -234,10 +251,32 @@ class ContextBuilder:
         snippets = []
         for author in authors:
             path = people_note_path(author.platform.value, author.user_id)
-            text = await self._read(path)
+            text = await self._person_note(path)
             if text:
                 snippets.append(MemorySnippet(f"memory:{path}", text))
         return snippets
+
+    async def _person_note(self, path: str) -> str | None:
+        now_ns = time.monotonic_ns()
+        cached = self._people_notes.get(path)
+        if cached is not None and now_ns - cached.loaded_ns < self._people_notes_ttl_ns:
+            return cached.text
+        writes_before = self._note_writes
+        text = await self._read(path)
+        # A write that landed while we read may have been forgotten before we cache: skip.
+        # Only single OrderedDict operations here (each atomic under the GIL), because the
+        # write listener pops entries from the store's thread.
+        if self._note_writes == writes_before:
+            self._people_notes.pop(path, None)  # re-inserted last: evicted last
+            self._people_notes[path] = _CachedNote(now_ns, text)
+            while len(self._people_notes) > _MAX_CACHED_PEOPLE_NOTES:
+                self._people_notes.popitem(last=False)
+        return text
+
+    def _forget_note(self, rel_path: str, _content: str | None) -> None:
+        """The store's write listener (runs on the writing thread, under the store's lock)."""
+        self._note_writes += 1
+        self._people_notes.pop(rel_path, None)
 
     async def _search_snippets(self, query: str) -> list[MemorySnippet]:
         if self.notes_index is None or not query.strip() or self.search_hits <= 0:

@@ -23,6 +23,7 @@ last, first), then truncating the input, which is never dropped entirely.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Sequence
@@ -57,6 +58,12 @@ _MAX_NOW_CHARS = 48
 # (a fence holding only a truncation marker, with the longest labels), with headroom.
 _RESERVED_TOKENS = 1024
 _FENCE_BREAK = re.compile(r"<(?=\s*/?\s*data)", re.IGNORECASE)
+# Rendering memos. A conversation's history window, the persona and the operator notes are the
+# same values turn after turn; cleaning and fencing them again was most of assemble()'s time.
+# Pure functions of their (immutable) arguments, so a memo cannot change a prompt; bounded so
+# that a busy familiar keeps at most a few MB of rendered text (2,048 lines × ≤ 4,000 chars).
+_HISTORY_MEMO_LINES = 2_048
+_STABLE_MEMO_ITEMS = 64
 
 
 def estimate_tokens(text: str) -> int:
@@ -324,21 +331,13 @@ def assemble(inputs: PromptInputs, budget: PromptBudget) -> AssembledPrompt:
 
     # The stable system prefix: preamble, persona, operator notes.
     preamble = _preamble(name)
-    persona, cut = _cap_tokens(
-        strip_control(inputs.persona).strip(), budget.max_persona_tokens - _SEP_TOKENS
-    )
+    persona, cut = _persona_text(inputs.persona, budget.max_persona_tokens - _SEP_TOKENS)
     if cut:
         truncated.append("persona")
     notes: list[str] = []
     notes_tokens = 0
     for i, note in enumerate(inputs.operator_notes):
-        piece = _Piece(
-            note.text,
-            source="operator notes",
-            author=None,
-            max_chars=budget.max_item_chars,
-            max_label_chars=_MAX_SOURCE_CHARS,
-        )
+        piece = _stable_piece(note.text, "operator notes", budget.max_item_chars)
         fitted = piece.fit(budget.max_operator_notes_tokens - notes_tokens)
         if fitted is None or fitted[1]:
             truncated.append(f"operator_notes[{i}]")
@@ -384,13 +383,13 @@ def assemble(inputs: PromptInputs, budget: PromptBudget) -> AssembledPrompt:
     kept: list[tuple[str, str]] = []
     history_tokens = 0
     for line in reversed(inputs.history):
-        text = _history_text(line, budget.max_item_chars)
+        text, tokens = _history_piece(line, budget.max_item_chars)
         if not text:
             continue
-        if history_tokens + _tokens(text) > history_room:
+        if history_tokens + tokens > history_room:
             break
         kept.append((line.role, text))
-        history_tokens += _tokens(text)
+        history_tokens += tokens
     kept.reverse()
     dropped_history = len(inputs.history) - len(kept)
 
@@ -425,6 +424,26 @@ def _context_line(platform_hint: str, now_display: str) -> str:
     if now:
         parts.append(f"The current time is {now}.")
     return " ".join(parts)
+
+
+@functools.lru_cache(maxsize=_STABLE_MEMO_ITEMS)
+def _persona_text(persona: str, max_tokens: int) -> tuple[str, bool]:
+    return _cap_tokens(strip_control(persona).strip(), max_tokens)
+
+
+@functools.lru_cache(maxsize=_STABLE_MEMO_ITEMS)
+def _stable_piece(text: str, source: str, max_chars: int) -> _Piece:
+    """An operator note's piece; :class:`_Piece` is never changed after it is built."""
+    return _Piece(
+        text, source=source, author=None, max_chars=max_chars, max_label_chars=_MAX_SOURCE_CHARS
+    )
+
+
+@functools.lru_cache(maxsize=_HISTORY_MEMO_LINES)
+def _history_piece(line: HistoryLine, max_chars: int) -> tuple[str, int]:
+    """A history line as rendered in the prompt, and its token estimate with separator."""
+    text = _history_text(line, max_chars)
+    return text, _tokens(text)
 
 
 def _history_text(line: HistoryLine, max_chars: int) -> str:
