@@ -3,7 +3,8 @@
 :data:`CANARIES` holds one distinct value per entry of
 :data:`familiar_connect.settings.SECRET_FIELDS` (a new secret setting without a
 canary fails :class:`~tests.reliability.test_canaries.TestCanaryProfile`), plus
-a second master key version. Values are shaped like nothing the redactor's
+a second master key version; :data:`TWITCH_TOKENS` adds the four Twitch OAuth tokens
+the vault holds (not settings, secrets all the same). Values are shaped like nothing the redactor's
 credential patterns know (no ``sk-`` prefix, no Discord token shape), so only
 the configured-secret path can hide them, and they contain ``+``, ``/`` and
 ``=`` so their URL-encoded forms differ from the raw ones.
@@ -16,7 +17,7 @@ and bytes sources and returns where each one was found.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from tests.fakes.openrouter import FakeOpenRouter
 __all__ = [
     "CANARIES",
     "MASTER_KEY_V2",
+    "TWITCH_TOKENS",
     "Leak",
     "canary_env",
     "discord_sent",
@@ -43,19 +45,35 @@ _CANARIES: dict[str, tuple[str, str]] = {
     "deepgram_api_key": ("cnryDeepgram+S9n4X1zBc3To5Yf6/key=", "S9n4X1zBc3To5Yf6"),
     "cartesia_api_key": ("cnryCartesia+T0o5Y2aCd4Up6Zg5/key=", "T0o5Y2aCd4Up6Zg5"),
     "azure_speech_key": ("cnryAzure+U1p6Z3bDe5Vq7Ah4/key=", "U1p6Z3bDe5Vq7Ah4"),
-    "twitch_client_secret": ("cnryTwitch+V2q7A4cEf6Wr8Bi3/sec=", "V2q7A4cEf6Wr8Bi3"),
+    # No "+": twitchio puts the client secret in a query string unencoded when it holds one
+    # (Route.encode), where "+" reads as a space; real secrets are letters and digits.
+    "twitch_client_secret": ("cnryTwitch-V2q7A4cEf6Wr8Bi3/sec=", "V2q7A4cEf6Wr8Bi3"),
     "familiar_master_key": ("cnryMaster+W3r8B5dFg7Xs9Cj2/v1=", "W3r8B5dFg7Xs9Cj2"),
     # No "+": the dashboard token travels in a query string (?token=), where "+" means space.
     "familiar_dashboard_token": ("cnryDashboard-X4s9C6eGh8Yt0Dk1/tok=", "X4s9C6eGh8Yt0Dk1"),
 }
 _MASTER_V2 = ("cnryMasterV2+Y5t0D7fHi9Zu1El0/v2=", "Y5t0D7fHi9Zu1El0")
+# Not settings but secrets all the same: the Twitch OAuth pairs `familiar twitch login` keeps in
+# the vault (the fake Twitch is made to issue exactly these).
+_TWITCH_TOKENS: dict[str, tuple[str, str]] = {
+    "twitch_bot_access": ("cnryTwBotAcc+Z7v2F9hJk1Bw3Gn8/tok=", "Z7v2F9hJk1Bw3Gn8"),
+    "twitch_bot_refresh": ("cnryTwBotRef+A8w3G0iKl2Cx4Ho7/ref=", "A8w3G0iKl2Cx4Ho7"),
+    "twitch_broadcaster_access": ("cnryTwCastAcc+B9x4H1jLm3Dy5Ip6/tok=", "B9x4H1jLm3Dy5Ip6"),
+    "twitch_broadcaster_refresh": ("cnryTwCastRef+C0y5I2kMn4Ez6Jq5/ref=", "C0y5I2kMn4Ez6Jq5"),
+}
 
 CANARIES: dict[str, str] = {name: value for name, (value, _core) in _CANARIES.items()}
 """Secret setting name -> its canary value."""
 MASTER_KEY_V2 = _MASTER_V2[0]
 """The canary for ``FAMILIAR_MASTER_KEY_V2`` (a key version, collected by load_settings)."""
+TWITCH_TOKENS: dict[str, str] = {name: value for name, (value, _core) in _TWITCH_TOKENS.items()}
+"""Canary Twitch tokens (bot and broadcaster, access and refresh) for the vault."""
 
-_ALL: dict[str, tuple[str, str]] = {**_CANARIES, "familiar_master_key_v2": _MASTER_V2}
+_ALL: dict[str, tuple[str, str]] = {
+    **_CANARIES,
+    "familiar_master_key_v2": _MASTER_V2,
+    **_TWITCH_TOKENS,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,11 +110,18 @@ def canary_env(*, dashboard: bool = True) -> dict[str, str]:
     return env
 
 
-def scan(sources: Iterable[tuple[str, str | bytes]]) -> list[Leak]:
-    """Every canary form found in ``sources`` (``(where, text or bytes)`` pairs)."""
+def scan(
+    sources: Iterable[tuple[str, str | bytes]], *, also: Mapping[str, str] | None = None
+) -> list[Leak]:
+    """Every canary form found in ``sources`` (``(where, text or bytes)`` pairs).
+
+    ``also`` adds secrets only known at run time (name -> value, e.g. the tokens a fake
+    issued on a refresh); the whole value is its own core.
+    """
+    extra = {name: _forms(value, value) for name, value in (also or {}).items()}
     leaks: list[Leak] = []
     for where, content in sources:
-        for secret, forms in _FORMS.items():
+        for secret, forms in {**_FORMS, **extra}.items():
             for form, needle in forms.items():
                 found = (
                     needle.encode("utf-8") in content

@@ -131,6 +131,32 @@ class TestTwitchChatSink:
         assert await sink.end("hi") == ""
         assert stats.failures == 1 and len(poster.calls) == 1
 
+    async def test_failures_reach_on_send_failure(
+        self, stats: ChatSinkStats, limiter: ChatSendLimiter
+    ) -> None:
+        """A 5xx, and a 429 that outlasts the retries, are each reported once to on_send_failure."""
+        seen: list[BaseException] = []
+        limited = ProviderRateLimited("slow", provider="twitch", status=429, retry_after_s=0.01)
+        poster = ScriptedPoster([ProviderUnavailable("down", provider="twitch", status=502)])
+        sink = TwitchChatSink(poster, limiter=limiter, stats=stats, on_send_failure=seen.append)
+        assert await sink.end("hi") == ""
+        poster.script = [limited, limited, limited]
+        assert await sink.end("again") == ""
+        assert [getattr(error, "status", None) for error in seen] == [502, 429]
+
+    async def test_a_failing_failure_listener_does_not_break_the_sink(
+        self, stats: ChatSinkStats, limiter: ChatSendLimiter
+    ) -> None:
+        """A listener that raises is logged; the sink still answers and counts the failure."""
+
+        def broken(_error: BaseException) -> None:
+            raise RuntimeError("listener gone")
+
+        poster = ScriptedPoster([ProviderUnavailable("down", provider="twitch", status=503)])
+        sink = TwitchChatSink(poster, limiter=limiter, stats=stats, on_send_failure=broken)
+        assert await sink.end("hi") == ""
+        assert stats.failures == 1
+
     async def test_notice_and_cancel(self, stats: ChatSinkStats, limiter: ChatSendLimiter) -> None:
         """A notice is one short message; cancel returns what was posted so far."""
         poster = ScriptedPoster()

@@ -43,6 +43,7 @@ from familiar_connect.errors import (
     FamiliarError,
     ProviderAuthError,
     ProviderConnectionError,
+    ProviderError,
     ProviderTimeout,
     StorageError,
     VaultKeyError,
@@ -66,6 +67,7 @@ from familiar_connect.platforms.twitch.sink import (
     TwitchChatSink,
 )
 from familiar_connect.platforms.twitch.tokens import StoredToken, TwitchTokenStore
+from familiar_connect.status import StatusReporter, report_status
 from familiar_connect.storage.vault import Vault
 
 if TYPE_CHECKING:
@@ -78,8 +80,6 @@ log = structlog.get_logger(__name__)
 _START_TIMEOUT_S = 60.0
 _MAX_BACKGROUND_TASKS = 64
 _KIND_BY_SUB_TYPE = {feature.sub_type: kind for kind, feature in FEATURES.items()}
-
-StatusReporter = Callable[..., None]
 
 
 @dataclass(slots=True)
@@ -549,6 +549,7 @@ class TwitchService:
             reply_to=reply_to,
             max_messages=self.config.max_reply_messages,
             on_auth_failure=self._auth_failed,
+            on_send_failure=self._send_failed,
         )
 
     def _voice_target(self) -> VoiceTarget | None:
@@ -597,18 +598,17 @@ class TwitchService:
     def _auth_failed(self, error: ProviderAuthError) -> None:
         self._fail(error)
 
+    def _send_failed(self, error: ProviderError) -> None:
+        # The connection is fine (state unchanged); the operator still sees the lost reply.
+        self._tell(error=f"a chat message could not be posted: {error}")
+
     def _fail(self, error: BaseException) -> None:
         self._tell(state="failed", error=str(error))
         if self._fatal is not None and not self._fatal.done():
             self._fatal.set_exception(error)
 
     def _tell(self, **report: Any) -> None:
-        if self.report is None:
-            return
-        try:
-            self.report(**report)
-        except Exception:
-            log.warning("twitch_status_report_failed", exc_info=True)
+        report_status(self.report, **report)
 
     def _spawn(self, coro: Any) -> None:
         if len(self._tasks) >= _MAX_BACKGROUND_TASKS:

@@ -13,7 +13,10 @@ in ``end()`` posts the reply through ``POST /helix/chat/messages``:
   and never retried; the parts after it are not sent either;
 - a 429 pauses every sender for the time Twitch asked (or a second) and retries the part, at
   most twice; a 401 that survived twitchio's one refresh is reported through
-  ``on_auth_failure`` (the adapter stops with a clear error) and nothing more is sent.
+  ``on_auth_failure`` (the adapter stops with a clear error) and nothing more is sent;
+- any other failure (a 5xx, a timeout, a 429 that outlasts the retries) is not retried (the
+  message may have been posted) and is reported through ``on_send_failure``, so the operator
+  sees it: a reply that cannot be posted cannot carry its own notice.
 
 :class:`FanOutSink` drives several sinks as one (Twitch chat and the voice channel), so a raid
 can be answered in chat and out loud with one generation.
@@ -158,6 +161,7 @@ class TwitchChatSink:
         reply_to: the chat message id the first part replies to.
         max_messages: parts one reply may take.
         on_auth_failure: told when Twitch rejects the bot's token for good.
+        on_send_failure: told when a message could not be posted for another reason.
     """
 
     mode: SinkMode = "text"
@@ -171,6 +175,7 @@ class TwitchChatSink:
         reply_to: str | None = None,
         max_messages: int = 3,
         on_auth_failure: Callable[[ProviderAuthError], None] | None = None,
+        on_send_failure: Callable[[ProviderError], None] | None = None,
     ) -> None:
         self._poster = poster
         self._limiter = limiter
@@ -178,6 +183,7 @@ class TwitchChatSink:
         self._reply_to = reply_to
         self._max_messages = max_messages
         self._on_auth_failure = on_auth_failure
+        self._on_send_failure = on_send_failure
         self._posted: list[str] = []
         self.posted_ns: int | None = None
 
@@ -235,6 +241,7 @@ class TwitchChatSink:
                     kind=type(exc).__name__,
                     error=str(exc),
                 )
+                self._send_failed(exc)
                 return False
             if not result.sent:
                 self._stats.dropped += 1
@@ -252,7 +259,22 @@ class TwitchChatSink:
             return True
         self._stats.failures += 1
         log.error("twitch_chat_send_gave_up", reason="rate_limited", attempts=_MAX_RATE_RETRIES + 1)
+        self._send_failed(
+            ProviderRateLimited(
+                f"sending a chat message: still rate limited after {_MAX_RATE_RETRIES + 1} tries",
+                provider="twitch",
+                status=429,
+            )
+        )
         return False
+
+    def _send_failed(self, error: ProviderError) -> None:
+        if self._on_send_failure is None:
+            return
+        try:
+            self._on_send_failure(error)
+        except Exception:
+            log.warning("twitch_send_failure_listener_failed", exc_info=True)
 
 
 class FanOutSink:
