@@ -292,6 +292,21 @@ class TestConfigureLoggingRedaction:
         assert M in out.getvalue()
 
 
+class TestWebsocketFrameLogs:
+    @pytest.mark.parametrize("fmt", FORMATS)
+    def test_frame_payloads_are_summarised(self, out: io.StringIO, fmt: str) -> None:
+        """websockets' -vv frame dumps show direction, opcode and size, never the payload."""
+        from websockets.frames import Frame, Opcode
+
+        _configure(out, fmt, level="NOTSET")
+        payload = ("x" * 200 + " the key is " + SECRET).encode()
+        logging.getLogger("websockets.client").debug("< %s", Frame(Opcode.TEXT, payload))
+        text = out.getvalue()
+        assert f"< TEXT frame ({len(payload)} bytes)" in text
+        assert "the key is" not in text and "xxxx" not in text
+        assert SECRET[-12:] not in text
+
+
 class TestConfigureLoggingOutput:
     def test_json_is_one_object_per_line(self, out: io.StringIO) -> None:
         """JSON format writes one parseable object per line, each with an event key."""

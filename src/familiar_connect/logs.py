@@ -146,6 +146,30 @@ class RedactingRenderer:
         return self._redactor.redact_value(rendered)
 
 
+def _summarise_websocket_frames(record: logging.LogRecord) -> bool:
+    """Replace a websockets frame dump (``-vv``) with its direction, opcode and size.
+
+    websockets logs each frame at DEBUG as ``"< %s"``/``"> %s"`` with the frame's text, cut
+    to its head and tail around ``...`` when long. A secret cut in two that way is no longer
+    the configured value, so the redactor could not recognise it; payloads (a provider's
+    error text, a user's transcript) do not belong in logs anyway.
+    """
+    if (
+        record.name.startswith("websockets")
+        and record.msg in ("< %s", "> %s")
+        and isinstance(record.args, tuple)
+        and len(record.args) == 1
+        and hasattr(record.args[0], "opcode")
+    ):
+        frame = record.args[0]
+        direction = record.msg[0]
+        opcode = getattr(frame.opcode, "name", str(frame.opcode))
+        size = len(getattr(frame, "data", b""))
+        record.msg = "%s %s frame (%d bytes)"
+        record.args = (direction, opcode, size)
+    return True
+
+
 class _RedactingStreamHandler(logging.StreamHandler):
     """A StreamHandler whose error report is redacted.
 
@@ -263,6 +287,7 @@ def configure_logging(
     )
     handler = _RedactingStreamHandler(out, redactor, json_lines=fmt == "json")
     handler.setFormatter(formatter)
+    handler.addFilter(_summarise_websocket_frames)
 
     root = logging.getLogger()
     for old in list(root.handlers):

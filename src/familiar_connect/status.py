@@ -23,8 +23,11 @@ StatusReporter = Callable[..., None]
 """``report(state=..., error=..., reconnected=...)``, all keywords optional."""
 
 
-def report_status(reporter: StatusReporter | None, **fields: Any) -> None:
-    """Pass ``fields`` to ``reporter`` if there is one; a failing reporter is logged, never raised.
+def report_status(reporter: StatusReporter | None, *args: Any, **fields: Any) -> None:
+    """Pass ``args`` and ``fields`` to ``reporter`` if there is one; never raises.
+
+    A failing reporter is logged. ``args`` carry a provider id when one adapter
+    reports for several rows (voice: ``discord_voice``, ``stt``, ``tts``).
 
     The status line is secondary: an adapter must keep working when the dashboard
     cannot take a report.
@@ -32,6 +35,6 @@ def report_status(reporter: StatusReporter | None, **fields: Any) -> None:
     if reporter is None:
         return
     try:
-        reporter(**fields)
+        reporter(*args, **fields)
     except Exception:
         log.warning("status_report_failed", exc_info=True)

@@ -8,6 +8,13 @@ is driven through:
   for the item as the model's *reply* (what people see), then has the model use
   it as *tool arguments* (a note's content and a path to read), then asks about
   the note so it comes back as memory;
+* **Twitch chat and channel-point redemptions** — each item @-mentions the
+  familiar in chat from a viewer whose display name is the item, then is the
+  input of a redemption of an answered reward (real twitchio, fake Twitch): every
+  turn answered in chat, a notice for each long message, the viewer's words in an
+  event cut visibly at 300 characters;
+* **voice transcripts** — each item is what the fake Deepgram heard a member say
+  (the final transcript), through the real voice pipeline: answered out loud;
 * **the terminal** — ``familiar chat`` with every item on stdin;
 * **character files** — each item as display name, alias and persona;
 * **settings** — each item as the value of several variables;
@@ -22,8 +29,8 @@ and every occurrence of an item's marker in what the model received sits inside
 a ``<data ...>`` fence (the fake model's request log is checked), with no hidden
 characters anywhere in the prompt.
 
-Extension point: Twitch chat and redemption input and voice transcripts get a
-``Test*`` class here when those adapters land (same corpus, same fence check).
+Extension point: a new entry point gets a ``Test*`` class here (same corpus, same
+fence check).
 """
 
 from __future__ import annotations
@@ -43,10 +50,18 @@ from familiar_connect.settings import load_settings
 from tests.bad_inputs import BadInput, load_corpus
 from tests.fakes.discord_fake import FakeDiscord
 from tests.fakes.discord_world import GUILD_ID, World
+from tests.fakes.twitch import TwitchUser
 from tests.familiar_process import run_familiar
-from tests.reliability.fences import ScriptedOpenRouter, fence_report, hidden_characters
+from tests.reliability.fences import (
+    FENCE,
+    ScriptedOpenRouter,
+    fence_report,
+    hidden_characters,
+)
 from tests.reliability.figures import record, timeout_s
 from tests.reliability.rig import DISCORD_TOKEN, LLM_KEY, Rig, rig
+from tests.reliability.rig_twitch import RigTwitch, twitch_rig
+from tests.reliability.rig_voice import VOICE_KEY, voice_rig
 
 CORPUS = load_corpus(run="discord")
 OUTPUTS = {item.id: item for item in load_corpus(run="output")}
@@ -387,3 +402,178 @@ class TestSettingsEntryPoint:
         code, _, err = await run_familiar("check", cwd=tmp_path)
         assert "Traceback" not in err, err[-1500:]
         assert code == 2 and ".env" in err
+
+
+# --- Twitch ----------------------------------------------------------------------------------
+
+REWARD = "Ask the familiar"
+TWITCH_TOML = f"""
+[twitch]
+redemptions = ["{REWARD}"]
+# A moderator bot's send limit: the run posts a reply per turn and a notice per long input.
+chat_messages_per_30s = 100
+"""
+TWITCH_CUT = "\u2026[truncated"  # the visible cut of a viewer's words inside an event
+
+
+def _fence_with(requests: list[Any], nonce: str) -> str:
+    """The first data fence (in any prompt) that holds ``nonce``."""
+    for request in requests:
+        for message in request.json.get("messages", []):
+            content = message.get("content")
+            if not isinstance(content, str) or nonce not in content:
+                continue
+            for fence in FENCE.findall(content):
+                if nonce in fence:
+                    return fence
+    return ""
+
+
+class TestTwitchEntryPoints:
+    async def test_corpus_through_chat_names_and_redemptions(self, tmp_path: Path) -> None:
+        """Every item as an @-mention in chat (its author's display name too) and as a redemption's input: stored, answered, fenced."""
+        chat_items = load_corpus(run="twitch-chat")
+        redeemed = load_corpus(run="twitch-redemption")
+        async with (
+            RigTwitch(chat_limit=10_000) as fake,
+            ScriptedOpenRouter(expected_api_key=LLM_KEY) as llm,
+            twitch_rig(tmp_path, toml=TWITCH_TOML, twitch=fake, llm=llm) as t,
+        ):
+            # 1. Chat: each item @-mentions the familiar, from a viewer whose display name is it.
+            for index, item in enumerate(chat_items):
+                viewer = TwitchUser(str(7000 + index), f"viewer{index}", item.text[:100])
+                assert await fake.chat(item.text, user=viewer, mention_bot=True)
+            chat = t.service.chat
+            assert chat is not None
+            await fake.wait_for(
+                lambda: chat.stats.addressed >= len(chat_items), timeout_s=timeout_s(30)
+            )
+            await t.settle()
+            chat_requests = len(llm.chat_requests)
+            # 2. Redemptions of an answered reward, each with an item as the viewer's input.
+            for index, item in enumerate(redeemed):
+                redeemer = TwitchUser(str(8000 + index), f"redeemer{index}", item.text[:100])
+                assert await fake.redeem(REWARD, item.text, user=redeemer)
+            events = t.service.events
+            assert events is not None
+            await fake.wait_for(
+                lambda: events.counts["redemption:accepted"] >= len(redeemed),
+                timeout_s=timeout_s(30),
+            )
+            await t.settle()
+
+            stats = t.r.orchestrator.stats
+            assert stats.failed == 0 and stats.history_refused == 0, stats
+            assert t.r.supervisor.statuses["history_writer"].restarts == 0
+            assert t.r.supervisor.statuses["twitch"].restarts == 0
+            requests = llm.chat_requests
+            rows = "\n".join(await t.input_rows())
+            sent = t.sent()
+            assert t.r.log.errors() == [], t.r.log.errors()[:3]
+
+        # Every turn was answered, and each long chat message got its notice, in chat.
+        assert sent.count("noted.") == len(requests), (len(requests), sent[:5])
+        notices = sum(TRUNCATION_NOTICE in message for message in sent)
+        assert notices == sum(item.expect == "truncated" for item in chat_items)
+        fenced_total = 0
+        cut = 0
+        for item in chat_items + redeemed:
+            if not item.nonce:
+                continue  # crash check only
+            fenced, escapes = fence_report(requests, item.nonce)
+            assert escapes == [], (item.id, escapes[:3])
+            assert fenced >= 1, f"{item.id}: marker never reached the model"
+            assert item.nonce in rows, f"{item.id}: not in history"
+            fenced_total += fenced
+        for item in redeemed:
+            if not item.nonce:
+                continue
+            # The viewer's words are cut visibly at max_viewer_text_chars (300), never silently.
+            was_cut = TWITCH_CUT in _fence_with(requests, item.nonce)
+            if item.expect == "truncated":
+                assert was_cut, item.id
+            if was_cut:
+                assert len(item.text) > 300, item.id
+            cut += was_cut
+        assert hidden_characters(requests) == []
+        record(
+            "bad-input",
+            "twitch (chat, display name, redemption input)",
+            items=len(chat_items),
+            entry_points=3,
+            crashes=0,
+            escapes=0,
+            requests_checked=len(requests),
+            chat_turns=chat_requests,
+            fenced_occurrences=fenced_total,
+            chat_notices=notices,
+            redemptions_cut=cut,
+        )
+
+
+# --- Voice transcripts -----------------------------------------------------------------------
+
+TURN_CAP = 2000  # TurnConfig.max_turn_chars: a longer single transcript is cut to it
+
+
+class TestTranscriptEntryPoint:
+    async def test_corpus_as_final_transcripts(self, tmp_path: Path) -> None:
+        """Every item, as what Deepgram heard a member say, is answered out loud, stored and fenced."""
+        items = load_corpus(run="transcript")
+        async with (
+            ScriptedOpenRouter(expected_api_key=LLM_KEY) as llm,
+            voice_rig(tmp_path, llm=llm, speakers=len(items)) as v,
+        ):
+            r = v.rig
+            await v.join()
+            spoken: list[str] = []
+            for count, item in enumerate(items, start=1):
+                # Named, as a mention is on Discord: unaddressed voice turns close together
+                # are only listened to. Each item is a new member, so a new Deepgram session.
+                said = f"Familiar, {item.text}"
+                spoken.append(said)
+                await v.say(said, seconds=0.2, pace_s=0.01)
+                await v.wait_utterances(count)
+                await v.settle()
+            stats = r.orchestrator.stats
+            assert stats.failed == 0 and stats.history_refused == 0, stats
+            assert r.supervisor.statuses["history_writer"].restarts == 0
+            assert v.manager.stats.receive.stream_failures == 0
+            assert v.manager.listener is not None
+            cut = v.manager.listener.detector.truncated
+            rows = await v.voice_rows()
+            requests = r.llm.chat_requests
+            posted = v.posted()
+            assert r.log.errors() == [], r.log.errors()[:3]
+
+        # Every turn was answered out loud (nothing posted as text: no fallback, no notice).
+        assert [text for role, text in rows if role == "assistant"] == ["noted."] * len(items)
+        assert posted == [], posted[:3]
+        assert len(requests) == len(items)
+        # An oversized transcript is cut to the turn cap (marker first, so it survives); the
+        # detector counts cut interims too.
+        oversized = [said for said in spoken if len(" ".join(said.split())) > TURN_CAP]
+        assert cut >= len(oversized) > 0
+        users = [text for role, text in rows if role == "user"]
+        assert len(users) == len(items) and all(len(text) <= TURN_CAP for text in users)
+        fenced_total = 0
+        for item in items:
+            if not item.nonce:
+                continue  # crash check only
+            fenced, escapes = fence_report(requests, item.nonce)
+            assert escapes == [], (item.id, escapes[:3])
+            assert fenced >= 1, f"{item.id}: marker never reached the model"
+            assert any(item.nonce in text for text in users), f"{item.id}: not in history"
+            fenced_total += fenced
+        assert hidden_characters(requests) == []
+        record(
+            "bad-input",
+            "voice transcripts (Deepgram final)",
+            items=len(items),
+            conversation=VOICE_KEY.as_str(),
+            crashes=0,
+            escapes=0,
+            requests_checked=len(requests),
+            fenced_occurrences=fenced_total,
+            cut_at_turn_cap=len(oversized),
+        )

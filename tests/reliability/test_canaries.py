@@ -8,17 +8,28 @@ text carries secrets: OpenRouter 401/400/502 and a mid-stream error echoing the
 key, a response whose headers reflect the ``Authorization`` header (httpcore logs
 response headers at DEBUG), error messages with ``?token=`` URLs, Discord
 rejecting the token on login with a body that repeats it, a Discord send refused
-with a body holding the token, a dashboard login with the wrong secret. Then it
+with a body holding the token, a dashboard login with the wrong secret; with Twitch
+(canary OAuth tokens in the vault), a viewer pasting the bot's token, a Helix 401 and the
+refresh, an EventSub close whose resubscription is refused with a body twitchio logs, and
+a refused refresh that stops the process. Then it
 scans stdout (terminal output, notices), stderr (console and JSON logs), the
 Discord messages and files sent, the prompts sent to the model, the dashboard's
 responses and live stream, and every file of the familiar (SQLite file with its
 ``-wal``/``-shm``, memory notes, ``audit.jsonl``, ``operator_actions.jsonl``)
 for every canary in raw, URL-encoded, JSON-escaped and partial form, and fails
 naming where it found one.
+
+Voice (:class:`TestVoiceCanaries`) runs in this process (``tests/reliability/rig_voice.py``,
+logging configured as ``-vv --log-format json``): keys said aloud and repeated by the model,
+a Cartesia error carrying its key, a voice websocket close, a Deepgram 401 echoing the key;
+what was sent to Cartesia to be spoken is scanned too.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -27,16 +38,22 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from familiar_connect.errors import ProviderError
 from familiar_connect.settings import SECRET_FIELDS, load_settings
+from familiar_connect.speech.tts.cartesia import CartesiaSynthesizer
 from familiar_connect.storage.db import open_database
 from familiar_connect.storage.vault import Vault
+from tests.fakes.cartesia import FakeCartesia
+from tests.fakes.deepgram import FakeDeepgram
 from tests.fakes.discord_fake import FakeDiscord
 from tests.fakes.discord_world import GENERAL_ID
 from tests.fakes.openrouter import CHAT_PATH, FakeOpenRouter
+from tests.fakes.twitch import ALICE, BOB, BOT, STREAMER
 from tests.familiar_process import run_familiar
 from tests.reliability.canaries import (
     CANARIES,
     MASTER_KEY_V2,
+    TWITCH_TOKENS,
     canary_env,
     discord_sent,
     files_under,
@@ -45,7 +62,15 @@ from tests.reliability.canaries import (
 )
 from tests.reliability.figures import record, timeout_s
 from tests.reliability.proc import LiveProcess
-from tests.reliability.rig import LLM_KEY, rig
+from tests.reliability.rig import LLM_KEY, captured_logging, rig
+from tests.reliability.rig_twitch import (
+    BOT_SCOPES,
+    BROADCASTER_SCOPES,
+    RigTwitch,
+    plant_token,
+    store_tokens,
+)
+from tests.reliability.rig_voice import voice_rig
 
 OPENROUTER = CANARIES["openrouter_api_key"]
 DISCORD = CANARIES["discord_token"]
@@ -461,3 +486,339 @@ class TestOperatorLogCanaries:
             written = (r.familiar.settings.familiar_dir / "operator_actions.jsonl").read_text()
         assert LLM_KEY not in body
         assert LLM_KEY not in written
+
+
+# --- Twitch ----------------------------------------------------------------------------------
+
+TWITCH_SECRET = CANARIES["twitch_client_secret"]
+BOT_ACCESS = TWITCH_TOKENS["twitch_bot_access"]
+BOT_REFRESH = TWITCH_TOKENS["twitch_bot_refresh"]
+
+
+@pytest.mark.slow
+class TestTwitchCanaries:
+    async def test_twitch_failures_leak_no_canary(self, tmp_path: Path) -> None:
+        """`familiar -vv run` with Twitch through a token refresh, EventSub close and refused refresh shows no canary."""
+        async with (
+            FakeDiscord(bot_token=DISCORD) as discord,
+            FakeOpenRouter(expected_api_key=OPENROUTER) as llm,
+            RigTwitch(client_secret=TWITCH_SECRET) as twitch,
+            aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http,
+        ):
+            env = {
+                **familiar_env(tmp_path, llm, discord),
+                "LOG_FORMAT": "json",
+                "TWITCH_CLIENT_ID": twitch.client_id,
+                "TWITCH_CHANNEL": STREAMER.login,
+                "TWITCH_HELIX_BASE": twitch.helix_base,
+                "TWITCH_ID_BASE": twitch.id_base,
+                "TWITCH_EVENTSUB_WS": twitch.eventsub_url,
+            }
+            # What `familiar twitch login` leaves: both accounts' tokens (canaries), in the vault.
+            await store_tokens(
+                tmp_path / "data" / "familiars" / "canary",
+                {1: CANARIES["familiar_master_key"], 2: MASTER_KEY_V2},
+                [
+                    plant_token(
+                        twitch, "bot", BOT, BOT_SCOPES, access=BOT_ACCESS, refresh=BOT_REFRESH
+                    ),
+                    plant_token(
+                        twitch,
+                        "broadcaster",
+                        STREAMER,
+                        BROADCASTER_SCOPES,
+                        access=TWITCH_TOKENS["twitch_broadcaster_access"],
+                        refresh=TWITCH_TOKENS["twitch_broadcaster_refresh"],
+                    ),
+                ],
+            )
+            proc = await LiveProcess.start("-vv", "run", cwd=tmp_path, env=env)
+            bodies: list[tuple[str, str | bytes]] = []
+            code: int | None = None
+            try:
+                port = await proc.dashboard_port()
+                base = f"http://127.0.0.1:{port}"
+                subscribed = 8  # chat and the seven channel events on by default
+                await twitch.wait_for(lambda: len(twitch.enabled()) >= subscribed, timeout_s=30)
+
+                # 1. A viewer pastes the bot's token and the app secret; twitchio logs the
+                # notification it received (DEBUG), the orchestrator stores and prompts it.
+                llm.reply_text("I will not repeat that.")
+                await twitch.chat(
+                    f"is this yours? {BOT_ACCESS} {TWITCH_SECRET}", user=ALICE, mention_bot=True
+                )
+                await twitch.wait_for(lambda: len(twitch.chat_sent) >= 1, timeout_s=30)
+                # 2. Helix 401 on the send: twitchio refreshes (client secret and refresh token
+                # in the token request's query string), retries, and the new pair is saved.
+                twitch.expire(BOT_ACCESS)
+                llm.reply_text("Refreshed and here.")
+                await twitch.chat("are you there?", user=ALICE, mention_bot=True)
+                await twitch.wait_for(lambda: len(twitch.chat_sent) >= 2, timeout_s=30)
+                assert twitch.refreshes == 1
+                # 3. EventSub closes (4000, a reason holding a token); twitchio reconnects and one
+                # resubscription is refused with a body echoing secrets, which twitchio logs
+                # with its own request line at ERROR.
+                fresh = twitch.current_token(BOT)
+                assert fresh is not None and fresh.refresh is not None
+                twitch.fail_next(
+                    "/helix/eventsub/subscriptions",
+                    500,
+                    body={
+                        "error": f"Internal error for {fresh.access}",
+                        "status": 500,
+                        "message": f"session lost; client_secret={TWITCH_SECRET} "
+                        f"refresh_token={fresh.refresh}",
+                    },
+                )
+                subscribes = len(twitch.requests_to("/helix/eventsub/subscriptions"))
+                await twitch.close_sessions(4000, f"gone; token {fresh.access}"[:100])
+                await twitch.wait_for(
+                    lambda: (
+                        len(twitch.requests_to("/helix/eventsub/subscriptions"))
+                        >= subscribes + subscribed
+                    ),
+                    timeout_s=30,
+                )
+                # 4. The dashboard, with the Twitch row and its errors.
+                async with http.get(
+                    f"{base}/?token={quote(DASHBOARD, safe='')}", allow_redirects=False
+                ) as response:
+                    assert response.status == 303
+                    cookie = "; ".join(f"{c.key}={c.value}" for c in response.cookies.values())
+                for path in ("/api/providers", "/api/live", "/metrics", "/healthz"):
+                    async with http.get(base + path, headers={"Cookie": cookie}) as response:
+                        bodies.append((f"dashboard {path}", await response.text()))
+                running_files = files_under(tmp_path / "data")
+                # 5. The token expires again and Twitch refuses the refresh, with a body echoing
+                # the refresh token and the secret: the process stops with a clear message.
+                current = twitch.current_token(BOT)
+                assert current is not None
+                twitch.expire(current.access)
+                twitch.fail_next(
+                    "/id/oauth2/token",
+                    400,
+                    body={
+                        "status": 400,
+                        "message": f"Invalid refresh token {current.refresh} "
+                        f"for client_secret={TWITCH_SECRET}",
+                    },
+                )
+                llm.reply_text("You will never see this.")
+                llm.reply_text("Nor this.")
+                # One of chat and follows lost its subscription in step 3; the other asks.
+                await twitch.chat("hello again?", user=ALICE, mention_bot=True)
+                await twitch.follow(BOB)
+                code = await asyncio.wait_for(proc.process.wait(), timeout=timeout_s(60))
+            finally:
+                final = await proc.finish()
+                code = final if code is None else code
+            # Every token the fake issued (app tokens, refreshed pairs), canaries or not.
+            issued = {
+                f"twitch {kind} token #{i}": value
+                for i, token in enumerate(twitch.tokens.values())
+                for kind, value in (("access", token.access), ("refresh", token.refresh))
+                if value
+            }
+            said = [("twitch chat sent", m.text) for m in twitch.chat_sent]
+
+        assert code == 2, proc.err_text[-3000:]
+        assert "familiar twitch login" in proc.err_text
+        sources: list[tuple[str, str | bytes]] = [
+            ("stdout", proc.out_text),
+            ("stderr (JSON log)", proc.err_text),
+            *bodies,
+            *said,
+            *discord_sent(discord),
+            *model_requests(llm),
+            *[(f"{where} (while running)", data) for where, data in running_files],
+            *files_under(tmp_path / "data"),
+        ]
+        leaks = scan(sources, also=issued)
+        assert leaks == [], leak_report(leaks)
+
+        # The provocations really happened, and what they carried arrived scrubbed.
+        log = proc.err_text
+        assert twitch.refreshes == 1 and '"twitch_token_refreshed"' in log
+        assert "Received close message [4000]" in log
+        # twitchio's own lines about its traffic carried secrets, and show them scrubbed: the
+        # notification it received (DEBUG) and the resubscription it failed (ERROR, with its
+        # request URL and the response body).
+        for needle in ("is this yours?", "Unable to resubscribe"):
+            lines = [line for line in log.splitlines() if needle in line]
+            assert lines and all(MARKER in line for line in lines), (needle, lines[:2])
+        assert '"twitch_chat_send_unauthorised"' in log
+        assert any("is this yours?" in r.body.decode() for r in llm.chat_requests)
+        redactions = sum(
+            (data if isinstance(data, str) else data.decode(errors="replace")).count(MARKER)
+            for _, data in sources
+        )
+        assert redactions >= 5
+        record(
+            "canaries",
+            "familiar run (twitch)",
+            canaries_planted=len(CANARIES) + 1 + len(TWITCH_TOKENS),
+            runtime_tokens_scanned=len(issued),
+            sources_scanned=len(sources),
+            redactions_seen=redactions,
+            leaks_found=len(leaks),
+        )
+
+
+# --- Voice ------------------------------------------------------------------------------------
+
+CARTESIA = CANARIES["cartesia_api_key"]
+VOICE_DASHBOARD_PATHS = ("/api/providers", "/api/live", "/api/latency", "/metrics", "/healthz")
+
+
+class ReflectingDeepgram(FakeDeepgram):
+    """FakeDeepgram that can refuse once like a careless proxy: the key echoed back in a 401.
+
+    After :meth:`reflect_next`, the next connection gets a 401 whose headers and JSON body
+    repeat the upgrade's ``Authorization`` header (websockets logs response headers at DEBUG;
+    the SDK keeps headers and body in its ``ApiError``).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.reflections = 0
+        self._reflect = 0
+
+    def reflect_next(self) -> None:
+        self._reflect += 1
+
+    async def _listen(self, request: web.Request) -> web.StreamResponse:
+        if not self._reflect:
+            return await super()._listen(request)
+        self._reflect -= 1
+        self.reflections += 1
+        auth = request.headers.get("Authorization", "")
+        return self.http_error(
+            401,
+            body={"err_code": "INVALID_AUTH", "err_msg": f"Invalid credentials: {auth}"},
+            headers={"X-Echo-Authorization": auth, "X-Debug-Url": f"/v1/listen?key={auth[6:]}"},
+        )
+
+
+class TestVoiceCanaries:
+    async def test_voice_failures_leak_no_canary(self, tmp_path: Path) -> None:
+        """Voice through a Cartesia error, a voice close, a reflected Deepgram 401 and pasted keys shows no canary."""
+        secrets = {name: CANARIES[name] for name in SECRET_FIELDS}
+        async with (
+            FakeOpenRouter(expected_api_key=OPENROUTER) as llm,
+            ReflectingDeepgram(api_key=DEEPGRAM) as deepgram,
+            FakeCartesia(api_key=CARTESIA, seconds_per_char=0.004) as cartesia,
+            voice_rig(
+                tmp_path,
+                settings=secrets,
+                discord_token=DISCORD,
+                llm=llm,
+                deepgram=deepgram,
+                cartesia=cartesia,
+                log_level="NOTSET",  # as `familiar -vv`: every library logs at DEBUG
+            ) as v,
+        ):
+            r = v.rig
+            await v.join()
+            # 1. A member says the Deepgram key aloud; the model repeats the Cartesia key, which
+            # would be spoken: neither may be stored, prompted, synthesised or posted.
+            r.llm.reply_text(f"My speech key is {CARTESIA}, and yours is safe with me.")
+            await v.say(f"Familiar, my Deepgram key is {DEEPGRAM}")
+            await v.wait_utterances(1)
+            await v.settle()
+            # 2. Cartesia answers with an error that carries its key and a ?api_key= URL (in
+            # the middle: see test_secret_at_the_end_of_a_long_websocket_frame for the end).
+            cartesia.fail_next(
+                500,
+                message=f"bad key {CARTESIA}, see https://x.example/tts?api_key={CARTESIA} "
+                "for what went wrong with this request and how to fix it",
+            )
+            r.llm.reply_text("This reply goes out as text instead.")
+            posted = len(v.posted())
+            await v.say("Familiar, say something")
+            await r.wait_posted(posted + 1)
+            await v.settle()
+            # 3. The voice websocket closes with a reason holding the bot token: rejoined.
+            await v.voice.close_voice(4015, f"session of {DISCORD} ended")
+            await v.voice.wait_for(lambda: v.manager.stats.rejoins == 1, timeout_s=timeout_s(30))
+            # 4. Deepgram refuses the key with a 401 that echoes it (headers and body).
+            deepgram.reflect_next()
+            await v.say("Familiar, can you hear me?")
+            await r.wait_posted(posted + 2)
+            # 5. The dashboard, with the provider rows and their errors.
+            async with r.http.get(
+                f"{r.base_url}/?token={quote(DASHBOARD, safe='')}", allow_redirects=False
+            ) as response:
+                assert response.status == 303
+                cookie = "; ".join(f"{c.key}={c.value}" for c in response.cookies.values())
+            bodies: list[tuple[str, str | bytes]] = []
+            for path in VOICE_DASHBOARD_PATHS:
+                async with r.http.get(r.base_url + path, headers={"Cookie": cookie}) as response:
+                    bodies.append((f"dashboard {path}", await response.text()))
+            familiar_dir = r.familiar.settings.familiar_dir
+            running_files = files_under(familiar_dir)
+            spoken = [
+                (f"cartesia transcript {context.context_id}", "\n".join(context.transcripts))
+                for context in cartesia.contexts.values()
+            ]
+            voice_frames = [
+                (f"discord voice op {frame.op}", json.dumps(frame.d)) for frame in v.voice.received
+            ]
+            rows = await v.voice_rows()
+            sources: list[tuple[str, str | bytes]] = [
+                ("JSON log", r.log.text),
+                *bodies,
+                *spoken,
+                *voice_frames,
+                *discord_sent(r.discord),
+                *model_requests(llm),
+                *[(f"{where} (while running)", data) for where, data in running_files],
+            ]
+        sources += files_under(familiar_dir)
+        leaks = scan(sources)
+        assert leaks == [], leak_report(leaks)
+
+        # The provocations really happened, and what they carried arrived scrubbed.
+        assert deepgram.reflections == 1 and cartesia.contexts
+        assert ("user", f"Familiar, my Deepgram key is {MARKER}") in rows, rows[:4]
+        log = r.log.text
+        for event in ("voice_tts_failed", "voice_rejoined", "voice_stt_auth_failed"):
+            assert f'"{event}"' in log, event
+        assert "X-Echo-Authorization" in log  # websockets logged the 401's headers
+        redactions = sum(
+            (data if isinstance(data, str) else data.decode(errors="replace")).count(MARKER)
+            for _, data in sources
+        )
+        assert redactions >= 5
+        record(
+            "canaries",
+            "voice (in-process run, -vv)",
+            canaries_planted=len(secrets),
+            sources_scanned=len(sources),
+            redactions_seen=redactions,
+            leaks_found=len(leaks),
+        )
+
+    async def test_secret_at_the_end_of_a_long_websocket_frame(self) -> None:
+        """A Cartesia error frame ending in the key leaves no part of it in the `-vv` log."""
+        with captured_logging("NOTSET", [CARTESIA]) as log:
+            async with FakeCartesia(api_key=CARTESIA) as cartesia:
+                tts = CartesiaSynthesizer(
+                    CARTESIA,
+                    base_url=cartesia.base_url,
+                    ws_base_url=cartesia.ws_base_url,
+                    voice_id="voice-canary",
+                )
+                cartesia.fail_next(500, message=f"this key was refused: {CARTESIA}")
+                try:
+                    context = await tts.new_context()
+                    await context.say("Hello there.")
+                    await context.finish()
+                    with contextlib.suppress(ProviderError):
+                        async for _ in context.stream():
+                            pass
+                finally:
+                    await tts.aclose()
+            text = log.text
+        assert '"cartesia' in text or "websockets" in text  # the exchange was logged
+        leaks = scan([("JSON log", text)])
+        assert leaks == [], leak_report(leaks)

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from familiar_connect.character import Character
 from familiar_connect.llm.openrouter import LLMClientStats
 from familiar_connect.settings import Settings
+from familiar_connect.speech.factory import provider_choices
 from familiar_connect.supervisor import ServiceStatus
 
 __all__ = ["PROVIDERS", "ProviderBoard", "ProviderSpec"]
@@ -101,6 +102,8 @@ class ProviderBoard:
         self, settings: Settings, character: Character, llm_stats: LLMClientStats | None = None
     ) -> None:
         self._settings = settings
+        # As the app chooses them: set explicitly, or picked from the keys present.
+        self._speech = provider_choices(settings)
         self._llm_stats = llm_stats
         llm = character.config.llm
         self._fallbacks = {
@@ -165,23 +168,23 @@ class ProviderBoard:
 
     def _configured(self, provider_id: str) -> bool:
         settings = self._settings
+        stt, tts = self._speech
         return {
             "discord_gateway": settings.discord_configured,
-            "discord_voice": settings.discord_configured
-            and settings.stt_provider is not None
-            and settings.tts_provider is not None,
+            "discord_voice": settings.discord_configured and stt is not None and tts is not None,
             "twitch_eventsub": settings.twitch_configured,
-            "stt": settings.stt_provider is not None,
-            "tts": settings.tts_provider is not None,
+            "stt": stt is not None,
+            "tts": tts is not None,
             "llm": settings.llm_configured,
         }[provider_id]
 
     def _display_name(self, spec: ProviderSpec) -> str:
         settings = self._settings
-        if spec.provider_id == "stt" and settings.stt_provider:
-            return f"{spec.name} ({settings.stt_provider.capitalize()})"
-        if spec.provider_id == "tts" and settings.tts_provider:
-            return f"{spec.name} ({settings.tts_provider.capitalize()})"
+        stt, tts = self._speech
+        if spec.provider_id == "stt" and stt:
+            return f"{spec.name} ({stt.capitalize()})"
+        if spec.provider_id == "tts" and tts:
+            return f"{spec.name} ({tts.capitalize()})"
         if spec.provider_id == "llm":
             host = urlsplit(settings.openrouter_base_url).netloc
             return "LLM (OpenRouter)" if host == "openrouter.ai" else f"LLM ({host})"

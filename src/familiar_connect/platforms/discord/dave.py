@@ -113,12 +113,19 @@ def is_valid_opus(payload: bytes) -> bool:
     """Whether libopus accepts ``payload``'s structure (TOC byte, frame count, duration).
 
     It does not decode the audio; it rejects what would make ``opus_decode`` fail with
-    ``OPUS_INVALID_PACKET``. Requires libopus to be loaded (it is for any voice use).
+    ``OPUS_INVALID_PACKET``. Loads libopus if nothing has yet.
+
+    Raises:
+        discord.opus.OpusNotLoaded: libopus cannot be found (voice cannot work at all).
     """
     if not payload:
         return False
-    from discord.opus import Decoder, OpusError
+    from discord.opus import Decoder, OpusError, is_loaded
 
+    if not is_loaded():
+        # discord.py loads libopus with its first Encoder or Decoder; in a fresh process the
+        # first packet heard gets here before either exists (it was dropped with a traceback).
+        Decoder.get_opus_version()
     try:
         frames = Decoder.packet_get_nb_frames(payload)
         samples = Decoder.packet_get_samples_per_frame(payload)

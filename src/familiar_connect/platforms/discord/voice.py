@@ -14,6 +14,14 @@
 - **Auto-leave** once the channel has had no humans for ``auto_leave_after_s``;
   a kick or a deleted channel is noticed and cleaned up the same way. Moves
   are followed (the conversation key is the current channel).
+- **A lost connection is rejoined.** When the voice websocket drops (a 1006,
+  4006, 4015...), discord.py reconnects in the background, but with
+  voice-recv listening its UDP reader can stay blocked on the old socket, so
+  the handshake never finishes and the familiar would sit in the channel deaf
+  and mute. A connection that is not back within ``reconnect_grace_s`` is
+  torn down and joined afresh; if that fails, the linked text channel is told.
+- **Speech-to-text refusing its key** turns listening off for the connection
+  (never retried) and the linked text channel is told once.
 - **Privacy**: audio of users who opted out is dropped on the receive thread,
   before any provider sees it; one who opts out mid-sentence has their
   stream closed and pending words forgotten.
@@ -36,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import os
 import re
@@ -64,6 +73,7 @@ from familiar_connect.platforms.discord.voice_receive import (
 from familiar_connect.platforms.discord.voice_sink import VoiceReplySink
 from familiar_connect.speech.stt.base import Transcriber
 from familiar_connect.speech.tts.base import AudioChunk, Synthesizer
+from familiar_connect.status import StatusReporter, report_status
 
 if TYPE_CHECKING:
     from familiar_connect.character import Character
@@ -76,6 +86,13 @@ log = structlog.get_logger(__name__)
 JoinResult = Literal["joined", "already_here", "busy"]
 
 _MAX_TASKS = 64
+STT_REFUSED_NOTICE = (
+    "I can't hear anyone in voice right now: the speech-to-text service refused my key. "
+    "The operator can find why in the log; I still read text here."
+)
+VOICE_LOST_NOTICE = (
+    "I lost my voice connection and couldn't get back in. Use /join-voice to bring me back."
+)
 _MAX_GREETING_BYTES = 15 * 48_000 * 2  # 15 s of 48 kHz mono s16le
 _WORD = re.compile(r"[\w'-]+")
 
@@ -89,6 +106,8 @@ class VoiceConfig:
         connect_timeout_s: give up joining after this long.
         disconnect_timeout_s: bound on waiting for Discord to confirm a leave.
         monitor_interval_s: how often presence is re-checked without an event.
+        reconnect_grace_s: how long a dropped connection may stay down while discord.py
+            reconnects by itself before it is torn down and joined afresh.
         stats_interval_s: how often the DAVE and receive counters are logged.
         playback_buffer_s: synthesised audio buffered per reply at most.
         max_keyterms: names sent to STT for biasing.
@@ -101,6 +120,7 @@ class VoiceConfig:
     connect_timeout_s: float = 20.0
     disconnect_timeout_s: float = 5.0
     monitor_interval_s: float = 1.0
+    reconnect_grace_s: float = 10.0
     stats_interval_s: float = 60.0
     playback_buffer_s: float = 10.0
     max_keyterms: int = 50
@@ -129,6 +149,10 @@ class VoiceStats:
 
     joins: int = 0
     leaves: int = 0
+    connections_lost: int = 0
+    rejoins: int = 0
+    rejoin_failures: int = 0
+    stt_refused: int = 0
     utterances: int = 0
     barge_ins: int = 0
     backchannels_while_busy: int = 0
@@ -142,6 +166,7 @@ class _Connection:
     lane: PlaybackLane
     sink: VoiceReplySink
     listener: VoiceListener
+    text_channel: discord.abc.Messageable | None = None
     authors: dict[int, Author] = field(default_factory=dict)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -205,8 +230,11 @@ class VoiceManager:
         self.outbound = outbound or OutboundLimiter()
         self.sink_stats = sink_stats or SinkStats()
         self.stats = VoiceStats()
+        self.report: StatusReporter | None = None
         self._conn: _Connection | None = None
         self._lock = asyncio.Lock()
+        self._rejoin_task: asyncio.Task[None] | None = None
+        self._closing = False
 
     # --- state -----------------------------------------------------------------------------
 
@@ -311,6 +339,7 @@ class VoiceManager:
                 raise
             self._conn = conn
             self.stats.joins += 1
+            self._report("discord_voice", state="connected")
             conn.monitor = asyncio.get_running_loop().create_task(
                 self._monitor(conn), name="voice:monitor"
             )
@@ -348,6 +377,7 @@ class VoiceManager:
             on_turn=lambda turn: self._turn(box[0], turn) if box else None,
             config=listen,
             stats=self.stats.receive,
+            on_stt_disabled=lambda provider: self._stt_refused(box[0], provider) if box else None,
         )
         receiver = SpeakerSink(
             audio,
@@ -358,10 +388,14 @@ class VoiceManager:
         )
         lane = PlaybackLane(vc.play, max_buffer_s=self.config.playback_buffer_s)
         post = self._poster(text_channel) if text_channel is not None else None
-        sink = VoiceReplySink(self.synthesizer, lane, post_text=post)
+        sink = VoiceReplySink(
+            self.synthesizer, lane, post_text=post, on_tts_failure=self._tts_failed
+        )
         vc.listen(receiver)
         glue = DaveReceiveGlue.install(vc)
-        conn = _Connection(vc=vc, glue=glue, lane=lane, sink=sink, listener=listener)
+        conn = _Connection(
+            vc=vc, glue=glue, lane=lane, sink=sink, listener=listener, text_channel=text_channel
+        )
         box.append(conn)
         return conn
 
@@ -387,6 +421,11 @@ class VoiceManager:
 
     async def aclose(self) -> None:
         """Leave (shutdown). The providers belong to the caller and stay open."""
+        self._closing = True
+        task = self._rejoin_task
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         await self.leave(reason="shutdown")
 
     async def _teardown(self, conn: _Connection, *, reason: str) -> None:
@@ -423,6 +462,8 @@ class VoiceManager:
         if self._conn is conn:
             self._conn = None
         self.stats.leaves += 1
+        if reason != "connection_lost":
+            self._report("discord_voice", state="idle")
         log.info("voice_left", channel_id=key.channel_id, reason=reason)
 
     # --- presence ---------------------------------------------------------------------------------
@@ -440,8 +481,10 @@ class VoiceManager:
             conn.wake.set()
 
     async def _monitor(self, conn: _Connection) -> None:
-        """Humans gone for ``auto_leave_after_s`` → leave; kicked or channel gone → clean up."""
+        """Humans gone for ``auto_leave_after_s`` → leave; kicked or channel gone → clean up;
+        connection down for ``reconnect_grace_s`` → join afresh."""
         alone_since: float | None = None
+        down_since: float | None = None
         while not conn.closed:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.config.monitor_interval_s):
@@ -452,6 +495,23 @@ class VoiceManager:
                 async with self._lock:
                     await self._teardown(conn, reason="disconnected")
                 return
+            now = time.monotonic()
+            if _voice_up(vc):
+                down_since = None
+            elif down_since is None:
+                # A move or a resume is down for a moment too; discord.py gets a grace period.
+                down_since = now
+                log.info("voice_connection_down", channel_id=vc.channel.id)
+            elif now - down_since >= self.config.reconnect_grace_s:
+                self.stats.connections_lost += 1
+                self._report("discord_voice", state="reconnecting", error="voice connection lost")
+                log.warning(
+                    "voice_connection_lost",
+                    channel_id=vc.channel.id,
+                    down_s=round(now - down_since, 2),
+                )
+                self._start_rejoin(conn)
+                return
             humans = {m.id for m in getattr(vc.channel, "members", []) if not m.bot}
             for user_id in [u for u in conn.listener.speakers if u not in humans]:
                 conn.spawn(
@@ -461,7 +521,6 @@ class VoiceManager:
             for user_id in list(conn.authors):
                 if self.is_opted_out(Platform.DISCORD.value, str(user_id)):
                     self._forget(conn, user_id)
-            now = time.monotonic()
             if humans:
                 alone_since = None
             elif alone_since is None:
@@ -470,6 +529,64 @@ class VoiceManager:
                 async with self._lock:
                     await self._teardown(conn, reason="alone")
                 return
+
+    # --- lost connections ------------------------------------------------------------------------
+
+    def _start_rejoin(self, conn: _Connection) -> None:
+        if self._closing or (self._rejoin_task is not None and not self._rejoin_task.done()):
+            return
+        self._rejoin_task = asyncio.get_running_loop().create_task(
+            self._rejoin(conn), name="voice:rejoin"
+        )
+
+    async def _rejoin(self, conn: _Connection) -> None:
+        """Tear down a connection that did not come back, and join its channel afresh."""
+        async with self._lock:
+            if self._conn is not conn or conn.closed:
+                return
+            channel = conn.vc.channel
+            _stop_reconnecting(conn.vc)
+            await self._teardown(conn, reason="connection_lost")
+        if self._closing or not isinstance(channel, discord.VoiceChannel | discord.StageChannel):
+            return
+        try:
+            result = await self.join(channel, text_channel=conn.text_channel)
+        except Exception as exc:  # whatever failed, the people in the channel are told
+            self.stats.rejoin_failures += 1
+            self._report(
+                "discord_voice", state="failed", error=f"rejoin failed: {type(exc).__name__}"
+            )
+            log.warning("voice_rejoin_failed", channel_id=channel.id, error=type(exc).__name__)
+            await conn.sink.notice(VOICE_LOST_NOTICE)
+            return
+        self.stats.rejoins += 1
+        self._report("discord_voice", reconnected=True)
+        log.info("voice_rejoined", channel_id=channel.id, result=result)
+
+    def _stt_refused(self, conn: _Connection, provider: str) -> None:
+        self.stats.stt_refused += 1
+        self._report("stt", state="failed", error=f"{provider} refused the credentials")
+        conn.spawn(conn.sink.notice(STT_REFUSED_NOTICE), name="voice:stt-refused-notice")
+        log.warning("voice_listening_off", provider=provider, channel_id=conn.key.channel_id)
+
+    # --- status ----------------------------------------------------------------------------------
+
+    def attach_status(self, report: StatusReporter) -> None:
+        """Report to the dashboard: ``report(provider_id, state=..., error=..., reconnected=...)``.
+
+        The voice presence reports the ``discord_voice`` row, listening failures and the
+        text-to-speech errors of replies; a transcriber with its own ``report`` attribute
+        (Deepgram: reconnects) gets the ``stt`` row.
+        """
+        self.report = report
+        if hasattr(self.transcriber, "report"):
+            self.transcriber.report = functools.partial(report, "stt")
+
+    def _report(self, provider_id: str, **fields: Any) -> None:
+        report_status(self.report, provider_id, **fields)
+
+    def _tts_failed(self, error: BaseException) -> None:
+        self._report("tts", error=f"{type(error).__name__}: {error}")
 
     async def _log_stats(self, conn: _Connection) -> None:
         while True:
@@ -626,6 +743,33 @@ class VoiceManager:
         if path is not None and pcm and size <= _MAX_GREETING_BYTES:
             await asyncio.to_thread(_write_atomic, path, pcm)
         return pcm
+
+
+def _voice_up(vc: voice_recv.VoiceRecvClient) -> bool:
+    """Connected, with a voice websocket that has not been closed.
+
+    After a close discord.py may keep its state at "connected" while it tries to resume
+    (4015), so the websocket itself is looked at too (aiohttp's; discord.py opens it
+    without autoclose, so a close frame received shows as its ``close_code``).
+    """
+    if not vc.is_connected():
+        return False
+    socket = getattr(getattr(vc, "ws", None), "ws", None)
+    return not getattr(socket, "closed", False) and getattr(socket, "close_code", None) is None
+
+
+def _stop_reconnecting(vc: voice_recv.VoiceRecvClient) -> None:
+    """Stop discord.py's background reconnect loop before the connection is dropped.
+
+    ``VoiceClient.disconnect`` leaves that task running; one that wakes after the
+    teardown would send a voice state update of its own and knock the fresh
+    connection out. A private attribute of discord.py 2.7 (checked, not assumed).
+    """
+    state = getattr(vc, "_connection", None)
+    runner = getattr(state, "_runner", None)
+    if isinstance(runner, asyncio.Task) and runner is not asyncio.current_task():
+        runner.cancel()
+        state._runner = None  # type: ignore[union-attr]
 
 
 def _read_cached(path: Path) -> bytes:

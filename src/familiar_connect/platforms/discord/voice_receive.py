@@ -227,6 +227,7 @@ class _Speaker:
         self.next_open_ns = 0
         self.backoff_s = config.reopen_backoff_s
         self.timer: asyncio.TimerHandle | None = None
+        self.timer_due_ns = 0
         self.closed = False
 
     def feed(self, mono: bytes, voiced: bool, t_ns: int) -> None:
@@ -248,9 +249,18 @@ class _Speaker:
             listener.spawn(self._open(), name=f"voice:stt-open:{self.user_id}")
         else:
             self.preroll.append(mono)
-        if self.timer is None and not self.closed:
-            delay_s = listener.config.finalize_after_idle_ms / 1000
-            self.timer = asyncio.get_running_loop().call_later(delay_s, self._tick)
+        if not self.closed:
+            delay_ns = listener.config.finalize_after_idle_ms * 1_000_000
+            if self.timer is None:
+                self._arm(delay_ns)
+            elif voiced and self.timer_due_ns > time.monotonic_ns() + delay_ns:
+                # The pending tick is the stream-close one (long): the finalize comes first.
+                self.timer.cancel()
+                self._arm(delay_ns)
+
+    def _arm(self, delay_ns: int) -> None:
+        self.timer_due_ns = time.monotonic_ns() + delay_ns
+        self.timer = asyncio.get_running_loop().call_later(delay_ns / 1e9, self._tick)
 
     async def _open(self) -> None:
         listener = self.listener
@@ -262,6 +272,7 @@ class _Speaker:
                 )
         except ProviderAuthError as exc:
             # Never retried: the operator has to fix the key.
+            first = not listener.stt_disabled
             listener.stt_disabled = True
             listener.stats.stream_failures += 1
             log.error(
@@ -269,6 +280,9 @@ class _Speaker:
             )
             self.opening = False
             self.backlog.clear()
+            if first and listener.on_stt_disabled is not None:
+                # Once per connection: the people talking get told, not just the log.
+                listener.on_stt_disabled(listener.transcriber.name)
             return
         except Exception as exc:
             listener.stats.stream_failures += 1
@@ -353,7 +367,7 @@ class _Speaker:
             else:
                 deadlines.append(close_ns - idle_ns)
         if deadlines:
-            self.timer = asyncio.get_running_loop().call_later(min(deadlines) / 1e9, self._tick)
+            self._arm(min(deadlines))
 
     async def close_stream(self) -> None:
         """Close the STT stream (long silence, leaving); it reopens on the next speech."""
@@ -389,6 +403,8 @@ class VoiceListener:
         on_turn: a speaker's turn is complete.
         config: thresholds and bounds.
         stats: counters to update (shared with the :class:`SpeakerSink`).
+        on_stt_disabled: the provider refused its credentials and speech-to-text is off for
+            this connection (called once, with the provider's name).
 
     Threading: loop only.
     """
@@ -402,11 +418,13 @@ class VoiceListener:
         on_turn: Callable[[TurnDetected], None],
         config: ListenConfig,
         stats: ReceiveStats,
+        on_stt_disabled: Callable[[str], None] | None = None,
     ) -> None:
         self.transcriber = transcriber
         self.keyterms = keyterms
         self.on_onset = on_onset
         self.on_turn = on_turn
+        self.on_stt_disabled = on_stt_disabled
         self.config = config
         self.stats = stats
         self.detector = TurnDetector(config.turns)

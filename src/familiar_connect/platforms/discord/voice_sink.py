@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from familiar_connect.logs import log_redactor
 from familiar_connect.platforms.discord.playback import (
     SAMPLE_RATE_HZ,
     PlaybackLane,
@@ -136,6 +137,7 @@ class VoiceReplySink:
         lane: the connection's playback lane.
         post_text: posts the unspoken rest of a reply (and notices) in the linked
             text channel; ``None`` logs them instead.
+        on_tts_failure: told when text-to-speech fails during a reply (the dashboard's row).
         clock_ns: monotonic clock.
     """
 
@@ -147,9 +149,11 @@ class VoiceReplySink:
         lane: PlaybackLane,
         *,
         post_text: PostText | None = None,
+        on_tts_failure: Callable[[BaseException], None] | None = None,
         clock_ns: Callable[[], int] = time.monotonic_ns,
     ) -> None:
         self._synthesizer = synthesizer
+        self._on_tts_failure = on_tts_failure
         self._lane = lane
         self._post_text = post_text
         self._clock_ns = clock_ns
@@ -203,6 +207,9 @@ class VoiceReplySink:
 
     async def send(self, piece: str) -> None:
         """Speak the next clause (a continuation of the same utterance)."""
+        # A model can be talked into repeating a secret it saw; it is never said aloud
+        # (the text path redacts what it posts the same way).
+        piece = log_redactor().redact(piece)
         reply = self._reply
         if reply is None or reply.closed:
             await self.begin()
@@ -319,6 +326,11 @@ class VoiceReplySink:
         reply.failed = True
         reply.failed_after_s = reply.audio_samples / SAMPLE_RATE_HZ
         self.stats.tts_failures += 1
+        if self._on_tts_failure is not None:
+            try:
+                self._on_tts_failure(exc)
+            except Exception:
+                log.warning("voice_tts_failure_listener_failed", exc_info=True)
         log.warning(
             "voice_tts_failed",
             provider=getattr(self._synthesizer, "name", "?"),

@@ -53,6 +53,7 @@ from familiar_connect.llm.sse import error_for_status
 from familiar_connect.speech.audio import ReplayBuffer
 from familiar_connect.speech.stt.base import SAMPLE_RATE_HZ, TranscriptEvent
 from familiar_connect.speech.stt.queue import TranscriptQueue
+from familiar_connect.status import StatusReporter, report_status
 
 # deepgram-sdk 7.16 is built on websockets.legacy and imports a deprecated exception name; both
 # warn once at import. Pinned websockets==17.4 still ships both (library-facts §3).
@@ -318,6 +319,7 @@ class DeepgramSpeechStream:
                         self._log.error(
                             "deepgram_stream_failed", error=type(exc).__name__, status=exc.status
                         )
+                        report_status(owner.report, error=f"{type(exc).__name__}: {exc}")
                         self._end(exc)
                         return
                     failure, reason = exc, type(exc).__name__
@@ -338,6 +340,7 @@ class DeepgramSpeechStream:
                     self._log.error(
                         "deepgram_stream_failed", error=type(failure).__name__, reason=reason
                     )
+                    report_status(owner.report, state="failing", error=str(failure))
                     self._end(failure)
                     return
                 delay = owner.backoff_s(attempt)
@@ -346,6 +349,7 @@ class DeepgramSpeechStream:
                 )
                 replay = True
                 self.reconnects += 1
+                report_status(owner.report, state="reconnecting", reconnected=True)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await self._close_requested.wait()
@@ -387,6 +391,7 @@ class DeepgramSpeechStream:
                 self._log.info("deepgram_stream_opened")
             else:
                 self._log.info("deepgram_reconnected", replay_bytes=self._audio.pending)
+                report_status(self._owner.report, state="connected")
             try:
                 async with asyncio.TaskGroup() as group:
                     receiver = group.create_task(self._receive(conn))
@@ -635,6 +640,8 @@ class DeepgramTranscriber:
         self.max_pending_bytes = int(max_pending_s * _BYTES_PER_SECOND) & ~1
         self.event_queue_size = event_queue_size
         self.close_timeout_s = close_timeout_s
+        # The dashboard's speech-to-text row (bound by the voice presence); None: no dashboard.
+        self.report: StatusReporter | None = None
         self._http = httpx.AsyncClient(timeout=connect_timeout_s)
         self._client = AsyncDeepgramClient(
             api_key=api_key,
