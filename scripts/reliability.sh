@@ -3,14 +3,19 @@
 #
 #   scripts/reliability.sh           quick profiles, as CI runs them (about a minute)
 #   scripts/reliability.sh --long    long profiles: 10,000 fuzz examples per operation,
-#                                    200 crash kills, a 30-minute soak (about 45 minutes)
+#                                    200 crash kills, a 30-minute soak, a real Twitch
+#                                    keepalive timeout (about 45 minutes)
 #   scripts/reliability.sh --audit   also audit the locked dependencies (needs the registry)
 #
 # Any other arguments go to pytest (e.g. -k soak, -x). Knobs, also usable one by one:
 #   FAMILIAR_FUZZ=1               10,000 hypothesis examples per memory operation and tool
 #   FAMILIAR_CRASH_KILLS=N        SIGKILLs in the crash-consistency test (quick: 5)
 #   FAMILIAR_CRASH_SEED=N         replay one crash run's kill timings
-#   FAMILIAR_SOAK_S=S             soak duration in seconds (quick: 8)
+#   FAMILIAR_SOAK_S=S             soak duration in seconds (quick: 8, as CI runs it; the
+#                                 issue's 2-minute profile is FAMILIAR_SOAK_S=120)
+#   FAMILIAR_SOAK_SAMPLES=FILE    keep the soak driver's samples (FILE) and log (FILE.log)
+#   FAMILIAR_SOAK_TRACEMALLOC=1   the soak driver reports which lines and types grew
+#   FAMILIAR_TWITCH_KEEPALIVE=1   also wait out a real EventSub keepalive timeout (~20 s)
 #   FAMILIAR_TIMEOUT_SCALE=X      stretch every hang guard on a slow machine
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +28,7 @@ for arg in "$@"; do
             export FAMILIAR_FUZZ=1
             export FAMILIAR_CRASH_KILLS="${FAMILIAR_CRASH_KILLS:-200}"
             export FAMILIAR_SOAK_S="${FAMILIAR_SOAK_S:-1800}"
+            export FAMILIAR_TWITCH_KEEPALIVE=1
             ;;
         --audit) audit=1 ;;
         *) args+=("$arg") ;;

@@ -1,14 +1,18 @@
 """Run one familiar under load so that it can be killed with SIGKILL at any moment.
 
-The familiar is the real one, built and run by :class:`familiar_connect.app.App`
-exactly as ``familiar run`` does, from settings in the environment (the same
-variables as ``familiar``: ``FAMILIAR_DATA_DIR``, ``FAMILIAR_ID``,
-``OPENROUTER_BASE_URL``, ...). Instead of a chat platform it runs one extra
-service, the *load*: ``--conversations`` conversations (the terminal plus
-Discord-keyed DMs) that each send a message, wait for the reply and repeat,
-forever. Memory writes come from the model: point ``OPENROUTER_BASE_URL`` at a
-fake that answers with ``memory_write``/``memory_append`` tool calls (the
-crash test's ``LoadOpenRouter``).
+The familiar is the real one, built by :func:`familiar_connect.app.build_app` and
+run by :class:`~familiar_connect.app.App` exactly as ``familiar run`` does, from
+settings in the environment (the same variables as ``familiar``:
+``FAMILIAR_DATA_DIR``, ``FAMILIAR_ID``, ``OPENROUTER_BASE_URL``, ...), with every
+platform they configure: with ``TWITCH_CLIENT_ID``... set (and the bot's token in
+the vault), the Twitch adapter hears chat over EventSub, and whatever floods it
+(the crash test's fake Twitch) becomes turns and history rows beside the rest.
+It also runs one extra service, the *load*: ``--conversations`` conversations
+(the terminal plus Discord-keyed DMs) that each send a message, wait for the
+reply and repeat, forever. Memory writes come from the model: point
+``OPENROUTER_BASE_URL`` at a fake that answers with
+``memory_write``/``memory_append`` tool calls (the crash test's
+``LoadOpenRouter``).
 
 Before the load starts, the driver reports the state it found on disk, as a
 restarted familiar sees it, in one JSON line on stdout::
@@ -20,13 +24,15 @@ restarted familiar sees it, in one JSON line on stdout::
 itself (:func:`familiar_connect.cli.main`) after the store reopened (which
 quarantines a torn audit tail). Then ``{"event": "load_started"}``; user
 messages are ``msg <conversation> <n> <sha8>`` so a checker can tell a whole one.
+With Twitch configured, ``{"event": "twitch_ready"}`` follows once the adapter
+has subscribed (from then on a kill can land while it handles chat).
 
 ``--failpoint before_record|after_record`` kills the process with SIGKILL at the
 first memory write after load starts, just before or just after its audit record
 is appended (the temp file holds the new content; the rename has not happened):
 the instants a random kill can only hit by luck.
 
-Used by ``tests/reliability/test_crash.py``; also handy by hand::
+Used by ``tests/reliability/test_crash_consistency.py``; also handy by hand::
 
     OPENROUTER_BASE_URL=http://127.0.0.1:8080/v1 FAMILIAR_DATA_DIR=/tmp/fam \\
         uv run python scripts/reliability/crash_driver.py --conversations 4
@@ -47,14 +53,16 @@ import time
 from typing import Any
 
 from familiar_connect import cli
-from familiar_connect.app import App, Familiar
+from familiar_connect.app import Familiar, PlatformFactory, build_app
 from familiar_connect.character import load_character
 from familiar_connect.core.events import Author, ConversationKey, Platform, TextMessage
 from familiar_connect.logs import configure_logging
 from familiar_connect.memory.audit import AuditLog, verify_audit
 from familiar_connect.settings import load_settings
+from familiar_connect.supervisor import Service
 
 STARTED = "started"
+_TWITCH_READY_TIMEOUT_S = 60.0
 
 
 def sha8(text: str) -> str:
@@ -100,8 +108,16 @@ class LoadService:
 
     name = "load"
 
-    def __init__(self, familiar: Familiar, *, conversations: int, failpoint: str | None) -> None:
+    def __init__(
+        self,
+        familiar: Familiar,
+        services: dict[str, Service],
+        *,
+        conversations: int,
+        failpoint: str | None,
+    ) -> None:
         self.familiar = familiar
+        self.services = services
         self.conversations = conversations
         self.failpoint = failpoint
 
@@ -113,6 +129,15 @@ class LoadService:
         async with asyncio.TaskGroup() as group:
             for index in range(self.conversations):
                 group.create_task(self._converse(index), name=f"load:{index}")
+            twitch = self.services.get("twitch")
+            if twitch is not None:
+                group.create_task(self._twitch_ready(twitch), name="load:twitch-ready")
+
+    async def _twitch_ready(self, twitch: Any) -> None:
+        """Say when the Twitch adapter hears chat (a hang guard; the supervisor restarts it)."""
+        async with asyncio.timeout(_TWITCH_READY_TIMEOUT_S):
+            await twitch.ready.wait()
+        emit("twitch_ready", subscribed=list(twitch.status.subscribed))
 
     async def _report_startup(self) -> None:
         settings = self.familiar.settings
@@ -174,6 +199,17 @@ class LoadService:
             await orchestrator.wait_idle(key)
 
 
+def _kept(services: dict[str, Service], name: str, factory: PlatformFactory) -> PlatformFactory:
+    """``factory``, remembering the service it builds (the load says when Twitch is ready)."""
+
+    def build(familiar: Familiar) -> Service:
+        service = factory(familiar)
+        services[name] = service
+        return service
+
+    return build
+
+
 def _arm_failpoint(where: str) -> None:
     """SIGKILL ourselves at the first memory write from here on, on one side of its audit record.
 
@@ -200,9 +236,12 @@ def main() -> int:
         level=settings.log_level, fmt="json", secrets=settings.secret_values(), stream=sys.stderr
     )
     character = load_character(settings.familiar_id, settings.familiar_dir)
-    app = App(settings=settings, character=character)
+    app = build_app(settings, character)
+    services: dict[str, Service] = {}
+    for name, factory in list(app.platforms.items()):
+        app.platforms[name] = _kept(services, name, factory)
     app.platforms["load"] = lambda familiar: LoadService(
-        familiar, conversations=args.conversations, failpoint=args.failpoint
+        familiar, services, conversations=args.conversations, failpoint=args.failpoint
     )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(app.run())

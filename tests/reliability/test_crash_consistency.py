@@ -3,10 +3,16 @@
 ``scripts/reliability/crash_driver.py`` runs the real familiar (``App``, as
 ``familiar run`` builds it) with concurrent conversations whose replies, from
 :class:`LoadOpenRouter`, write and append memory notes through the model's
-tools. The test kills it at a random moment ``FAMILIAR_CRASH_KILLS`` times
+tools. In the random-kill test the familiar's Twitch adapter is logged in to the
+fake Twitch too, and a chat flood (:class:`~tests.reliability.soak_twitch.TwitchFlood`,
+every other message @-mentioning the bot) runs through every kill and restart:
+addressed chat becomes turns that write memory and are answered through Helix,
+ambient chat becomes history rows, so kills also land while Twitch is handled.
+The test kills it at a random moment ``FAMILIAR_CRASH_KILLS`` times
 (quick: 5; long: ``FAMILIAR_CRASH_KILLS=200``). After each kill, on the files as
 the crash left them: ``PRAGMA integrity_check`` is ``ok``, the full-text index
-agrees with its table, every history row is a whole message, every note is a
+agrees with its table, every history row is a whole message (chat lines carry
+their own checksum too; no reply without its message), every note is a
 whole version (its own checksum matches) and the shared log holds only whole
 lines. After each restart (the driver's first report): ``familiar memory
 verify`` passes once the store has quarantined a torn audit tail, and no temp
@@ -31,9 +37,11 @@ from typing import Any
 import pytest
 
 from tests.fakes.openrouter import FakeOpenRouter, _Reply
+from tests.fakes.twitch import FakeTwitch
 from tests.familiar_process import run_familiar
 from tests.reliability.figures import record, timeout_s
 from tests.reliability.proc import LiveProcess, start_script
+from tests.reliability.soak_twitch import TwitchFlood, seed_tokens, twitch_env
 
 DRIVER = Path(__file__).resolve().parents[2] / "scripts" / "reliability" / "crash_driver.py"
 KILLS = int(os.environ.get("FAMILIAR_CRASH_KILLS", "5"))
@@ -44,6 +52,10 @@ LOG_NOTE = "sessions/crash-log.md"
 USER_RE = re.compile(r"^msg (\S+) (\d+) ([0-9a-f]{8})$")
 REPLY_RE = re.compile(r"^reply (\d+) ([0-9a-f]{8})$")
 ENTRY_RE = re.compile(r"^entry (\d+) ([0-9a-f]{8})$")
+# A Twitch chat line as history keeps it (an @-mention of the bot becomes "@<its name>").
+CHAT_RE = re.compile(r"^(?:@\S+ )?(tw|amb) (\d+) ([0-9a-f]{8})$")
+TWITCH_LINE_RE = re.compile(r"\btw \d+ [0-9a-f]{8}\b")
+TWITCH_RATE_PER_S = 20.0
 
 CHARACTER = """
 [policy]
@@ -65,12 +77,21 @@ def note_content(n: int) -> str:
     return body + f"sha256 {hashlib.sha256(body.encode()).hexdigest()}\n"
 
 
+def chat_line(kind: str) -> Any:
+    """The n-th Twitch chat line of ``kind`` (``tw``: addressed, ``amb``: ambient), self-checking."""
+    return lambda n: f"{kind} {n} {sha8(f'{kind}/{n}')}"
+
+
 class LoadOpenRouter(FakeOpenRouter):
-    """A model that writes memory every turn: a tool round (write + append), then a reply."""
+    """A model that writes memory every turn: a tool round (write + append), then a reply.
+
+    It also counts the turns it was asked for from Twitch (the prompt's input is a chat line).
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.turns = 0
+        self.twitch_turns = 0
         self.answered = asyncio.Event()
 
     def _echo(self, body: Any) -> _Reply:
@@ -81,6 +102,8 @@ class LoadOpenRouter(FakeOpenRouter):
         n = self.turns
         if messages[-1].get("role") == "tool":
             return _Reply(kind="text", text=f"reply {n} {sha8(f'reply/{n}')}")
+        if TWITCH_LINE_RE.search(str(messages[-1].get("content", ""))):
+            self.twitch_turns += 1
         calls = (
             ("memory_write", {"path": f"topics/crash-{n % TOPICS}.md", "content": note_content(n)}),
             ("memory_append", {"path": LOG_NOTE, "content": f"entry {n} {sha8(f'entry/{n}')}\n"}),
@@ -113,21 +136,29 @@ def check_database(db_path: Path) -> dict[str, int]:
     finally:
         db.close()
     last_role: dict[str, str] = {}
+    chat_rows = 0
     for channel, role, content, meta in rows:
         if role == "user":
             match = USER_RE.match(content)
             assert match and match.group(1) == channel, content
             assert sha8(f"{channel}/{match.group(2)}") == match.group(3), content
+        elif role == "event":
+            match = CHAT_RE.match(content)
+            assert match and channel.startswith("twitch:"), (channel, content)
+            assert sha8(f"{match.group(1)}/{match.group(2)}") == match.group(3), content
+            chat_rows += 1
         else:
             assert role == "assistant", role
-            assert last_role.get(channel) == "user", f"reply without its message in {channel}"
+            assert last_role.get(channel) in ("user", "event"), (
+                f"reply without its message in {channel}"
+            )
             outcome = json.loads(meta or "{}").get("outcome")
             match = REPLY_RE.match(content)
             if outcome == "cancelled" and match is None:
                 continue  # a clean shutdown keeps exactly what was delivered of a reply
             assert match and sha8(f"reply/{match.group(1)}") == match.group(2), content
         last_role[channel] = role
-    return {"rows": len(rows)}
+    return {"rows": len(rows), "chat_rows": chat_rows}
 
 
 def check_notes(memory: Path) -> dict[str, int]:
@@ -174,6 +205,18 @@ async def start_driver(
     return proc, json.loads(line.group(0))
 
 
+async def start_loaded(tmp_path: Path, env: dict[str, str]) -> tuple[LiveProcess, dict]:
+    """Start the driver and wait until its load runs and its Twitch adapter hears chat."""
+    proc, started = await start_driver(tmp_path, env)
+    try:
+        await proc.wait_for(rb"load_started", stream="stdout")
+        await proc.wait_for(rb"twitch_ready", stream="stdout", limit_s=60)
+    except BaseException:
+        await proc.kill()
+        raise
+    return proc, started
+
+
 @pytest.mark.slow
 class TestCrashUnderLoad:
     async def test_sigkill_at_random_points(self, tmp_path: Path) -> None:
@@ -181,46 +224,73 @@ class TestCrashUnderLoad:
         rng = random.Random(SEED)  # noqa: S311 - kill timing, not security
         familiar_dir = tmp_path / "data" / "familiars" / "crashfam"
         torn = torn_bytes = 0
+        during_twitch = 0
         figures: dict[str, int] = {}
-        async with LoadOpenRouter() as llm:
-            env = driver_env(tmp_path, llm)
-            for kill in range(KILLS):
-                proc, started = await start_driver(tmp_path, env)
-                try:
-                    if kill:
-                        check_restart(started)
-                        torn += started["torn_bytes"] > torn_bytes
-                    torn_bytes = started["torn_bytes"]
-                    await proc.wait_for(rb"load_started", stream="stdout")
-                    await model_turns(llm, rng.randint(2, 12))
-                    await asyncio.sleep(rng.uniform(0, 0.05))
-                finally:
-                    code = await proc.kill()
-                assert code == -9, proc.err_text[-2000:]
-                # The files exactly as the crash left them.
-                figures = check_database(familiar_dir / "familiar.db") | check_notes(
-                    familiar_dir / "memory"
-                )
-            # A last restart: checks the last kill, runs the load a while, stops cleanly.
-            proc, started = await start_driver(tmp_path, env)
+        # Twitch's send limit is the familiar's to keep; across restarts the fake's window
+        # would outlast each process's own limiter, which is not what this test is about.
+        async with LoadOpenRouter() as llm, FakeTwitch(chat_limit=1_000_000) as twitch:
+            env = driver_env(tmp_path, llm) | twitch_env(twitch)
+            await seed_tokens(familiar_dir, twitch)
+            flood = TwitchFlood(
+                twitch,
+                rate_per_s=TWITCH_RATE_PER_S,
+                addressed_every=2,
+                command_every=0,
+                ambient_text=chat_line("amb"),
+                addressed_text=chat_line("tw"),
+            )
+            flooding = asyncio.create_task(flood.run(), name="crash:twitch-flood")
             try:
-                check_restart(started)
-                await model_turns(llm, 4 * TOPICS)
+                for kill in range(KILLS):
+                    proc, started = await start_loaded(tmp_path, env)
+                    try:
+                        if kill:
+                            check_restart(started)
+                            torn += started["torn_bytes"] > torn_bytes
+                        torn_bytes = started["torn_bytes"]
+                        asked, posted = llm.twitch_turns, len(twitch.chat_sent)
+                        await model_turns(llm, rng.randint(2, 12))
+                        await asyncio.sleep(rng.uniform(0, 0.05))
+                    finally:
+                        code = await proc.kill()
+                    assert code == -9, proc.err_text[-2000:]
+                    # A Twitch turn was asked of the model and its answer not yet posted.
+                    during_twitch += llm.twitch_turns - asked > len(twitch.chat_sent) - posted
+                    # The files exactly as the crash left them.
+                    figures = check_database(familiar_dir / "familiar.db") | check_notes(
+                        familiar_dir / "memory"
+                    )
+                # A last restart: checks the last kill, runs the load a while, stops cleanly.
+                proc, started = await start_loaded(tmp_path, env)
+                try:
+                    check_restart(started)
+                    await model_turns(llm, 4 * TOPICS)
+                finally:
+                    code = await proc.finish()
+                assert code == 0, proc.err_text[-2000:]
             finally:
-                code = await proc.finish()
-            assert code == 0, proc.err_text[-2000:]
+                flooding.cancel()
+                await asyncio.gather(flooding, return_exceptions=True)
+            helix_replies = len(twitch.chat_sent)
         final = check_database(familiar_dir / "familiar.db") | check_notes(familiar_dir / "memory")
         code, out, err = await run_familiar("memory", "verify", cwd=tmp_path, env=env)
         assert code == 0, out + err[-2000:]
         assert "audit log OK" in out
         assert '"level": "error"' not in proc.err_text, proc.err_text[-2000:]
+        # Twitch was part of the load: its chat reached history and became answered turns.
+        assert final["chat_rows"] > 0 and llm.twitch_turns > 0 and helix_replies > 0
         record(
             "crash",
-            "familiar under load",
+            "familiar under load, with a Twitch chat flood",
             kills=KILLS,
             kills_survived=KILLS,
+            kills_during_twitch_turn=during_twitch,
             seed=SEED,
             torn_tails_quarantined=torn,
+            twitch_messages_sent=flood.sent,
+            twitch_turns=llm.twitch_turns,
+            twitch_helix_replies=helix_replies,
+            chat_rows_after=final["chat_rows"],
             rows_after=final["rows"],
             notes_after=final["notes"],
             log_lines_after=final["log_lines"],
