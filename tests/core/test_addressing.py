@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from familiar_connect.core.addressing import AddressDetector
+from familiar_connect.core.addressing import AddressDetector, _fold
 
 
 @pytest.fixture(name="detector")
@@ -81,3 +81,13 @@ class TestAddressDetector:
         """The name followed directly by letters or digits is a different word."""
         detector = AddressDetector("Aria")
         assert not detector.mentions_name(f"Aria{suffix}") or "aria" in suffix.casefold()
+
+    @given(st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40))
+    def test_plain_ascii_shortcut_agrees_with_full_folding(self, text: str) -> None:
+        """For printable ASCII the quick lower-casing decides exactly as the full Unicode fold."""
+        detector = AddressDetector("Aria", aliases=["Ari the Cat"])
+        for candidate in (text, f"{text} aria", f"ARI  THE cat{text}", f"x{text}aria!"):
+            assert detector.mentions_name(candidate) == (
+                detector._pattern is not None
+                and detector._pattern.search(_fold(candidate)) is not None
+            )

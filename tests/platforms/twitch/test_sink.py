@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 
 import pytest
@@ -167,8 +168,17 @@ class TestTwitchChatSink:
 
 
 class TestChatSendLimiter:
+    async def test_never_more_than_the_limit_in_any_window(self) -> None:
+        """However the sends are timed, no window holds more than the limit (Twitch's rule)."""
+        limiter = ChatSendLimiter(messages_per_30s=3, window_s=0.1)
+        sent_ns = []
+        for _ in range(8):
+            await asyncio.wait_for(limiter.wait(), timeout=5)
+            sent_ns.append(time.monotonic_ns())
+        assert all(sent_ns[i + 3] - sent_ns[i] >= 100_000_000 for i in range(len(sent_ns) - 3))
+
     async def test_burst_then_waits(self) -> None:
-        """The bucket lets its size through at once; a pause holds every sender."""
+        """The window lets its size through at once; a pause holds every sender."""
         limiter = ChatSendLimiter(messages_per_30s=3)
         for _ in range(3):
             await asyncio.wait_for(limiter.wait(), timeout=1)

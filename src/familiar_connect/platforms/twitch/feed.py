@@ -49,6 +49,9 @@ __all__ = ["TurnFeeder", "VoiceTarget"]
 log = structlog.get_logger(__name__)
 
 _MAX_REMEMBER_QUEUE = 256
+# Under a flood every push can shed an input; one warning per interval (with the count)
+# keeps the log readable and off the hot path. The inbox counts every one.
+_SHED_LOG_INTERVAL_NS = 10 * 1_000_000_000
 
 ChatSinkFactory = Callable[["str | None"], ReplySink]
 
@@ -109,6 +112,8 @@ class TurnFeeder:
         self._join_candidate: ChatLine | None = None
         self._last_join_ns: int | None = None
         self._wake = asyncio.Event()
+        self._shed_unlogged = 0
+        self._shed_logged_ns: int | None = None
 
     # --- intake (called from the Twitch callbacks; no awaits) ---------------------------
 
@@ -127,8 +132,20 @@ class TurnFeeder:
             return
         shed = self.inbox.push(Pending(decision.event, decision.route, None, now_ns))
         if shed is not None:
-            log.warning("twitch_input_shed", kind=shed.event.kind, priority=shed.priority)
+            self._note_shed(shed, now_ns)
         self._wake.set()
+
+    def _note_shed(self, shed: Pending, now_ns: int) -> None:
+        self._shed_unlogged += 1
+        if self._shed_logged_ns is None or now_ns - self._shed_logged_ns >= _SHED_LOG_INTERVAL_NS:
+            log.warning(
+                "twitch_input_shed",
+                shed=self._shed_unlogged,
+                last_kind=shed.event.kind,
+                last_priority=shed.priority,
+            )
+            self._shed_unlogged = 0
+            self._shed_logged_ns = now_ns
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -211,7 +228,7 @@ class TurnFeeder:
                 Pending(self.chat_event(line), section.answer, line.message_id, line.received_ns)
             )
             if shed is not None:
-                log.warning("twitch_input_shed", kind=shed.event.kind, priority=shed.priority)
+                self._note_shed(shed, now_ns)
         batch = self.inbox.take(self.config.max_inputs_per_turn, now_ns)
         if self._join_candidate is not None:
             line, self._join_candidate = self._join_candidate, None

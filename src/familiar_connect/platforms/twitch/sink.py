@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -33,7 +34,6 @@ from typing import Protocol
 import structlog
 
 from familiar_connect.conversation.sinks import ReplySink, SinkMode
-from familiar_connect.core.policy import TokenBucket
 from familiar_connect.core.sanitize import truncation_marker
 from familiar_connect.core.splitting import split_message
 from familiar_connect.errors import ProviderAuthError, ProviderError, ProviderRateLimited
@@ -101,15 +101,25 @@ class ChatSinkStats:
 
 
 class ChatSendLimiter:
-    """Twitch's chat send limit for the bot: a token bucket, plus pauses a 429 asks for.
+    """Twitch's chat send limit for the bot, as a sliding window, plus pauses a 429 asks for.
+
+    Twitch counts messages in any 30-second window; a token bucket of the same size would
+    let a full burst and then its refill through in one window (up to twice the limit),
+    which Twitch answers with 429s and, repeated, a temporary send ban.
 
     Args:
-        messages_per_30s: the bucket's size and its refill per 30 seconds.
+        messages_per_30s: most messages in any window.
         default_pause_s: the pause after a 429 that did not say how long to wait.
+        window_s: the window's length (30 s on Twitch; shorter in tests).
     """
 
-    def __init__(self, *, messages_per_30s: int = 20, default_pause_s: float = 1.0) -> None:
-        self._bucket = TokenBucket(messages_per_30s / 30.0, messages_per_30s)
+    def __init__(
+        self, *, messages_per_30s: int = 20, default_pause_s: float = 1.0, window_s: float = 30.0
+    ) -> None:
+        if messages_per_30s < 1 or window_s <= 0:
+            raise ValueError("messages_per_30s must be >= 1 and window_s positive")
+        self._window_ns = int(window_s * 1e9)
+        self._sent_ns: deque[int] = deque(maxlen=messages_per_30s)
         self._paused_until_ns = 0
         self.default_pause_s = default_pause_s
 
@@ -125,9 +135,11 @@ class ChatSendLimiter:
             if now_ns < self._paused_until_ns:
                 await asyncio.sleep((self._paused_until_ns - now_ns) / 1e9)
                 continue
-            if self._bucket.try_take(now_ns):
+            sent = self._sent_ns
+            if len(sent) < (sent.maxlen or 0) or now_ns - sent[0] >= self._window_ns:
+                sent.append(now_ns)  # full: the oldest send leaves the window
                 return
-            await asyncio.sleep(self._bucket.retry_after_s(now_ns))
+            await asyncio.sleep((sent[0] + self._window_ns - now_ns) / 1e9)
 
 
 def chat_parts(
