@@ -4,13 +4,17 @@ One database, opened with the app's :func:`~familiar_connect.storage.db.open_dat
 (WAL, ``synchronous=NORMAL``, 16 MiB cache, the app's migrations), written to the
 target size in alternating blocks:
 
-* **API** blocks: a :class:`~familiar_connect.storage.history.Turn` per row handed to
-  :meth:`HistoryWriter.submit` (the orchestrator's hot path), the writer's own
+* **API** blocks: a :class:`~familiar_connect.storage.history.Turn` built per row and
+  handed to :meth:`HistoryWriter.submit` (the orchestrator's hot path), the writer's own
   ``run()`` task flushing in the background (the producer yields every 256 rows and
-  waits while more than 4,096 rows are pending, so nothing is dropped);
-* **raw** blocks: the same rows as tuples, the store's own ``INSERT`` statement via
-  ``executemany`` in ``BEGIN IMMEDIATE … COMMIT`` transactions of 256 (the writer's
-  batch size) on a second, plain ``sqlite3`` connection with the same pragmas.
+  waits while more than 4,096 rows are pending, so nothing is dropped). The row's
+  ``datetime`` and ``meta`` dict are made before the clock starts: the app has them
+  already, and the raw side's tuples are made before its clock too;
+* **raw** blocks: the same rows as tuples, written with the store's own statements
+  (``history._insert_statements``: multi-row ``INSERT``s, the same ones the store
+  sends) via ``executemany`` in ``BEGIN IMMEDIATE … COMMIT`` transactions of the
+  writer's batch size (1,024), on a second, plain ``sqlite3`` connection with the same
+  pragmas. Same statements, batch sizes and transaction shape on both sides.
 
 Then, interleaved call by call on the full database: ``HistoryStore.recent`` (50 turns
 of one of 100 channels) and ``HistoryStore.search`` (the app's ordering: newest match
@@ -53,7 +57,7 @@ _CHANNELS = 100
 _AUTHORS = 50
 _MIN_WORDS, _MAX_WORDS = 5, 25
 _MEAN_WORDS = (_MIN_WORDS + _MAX_WORDS) / 2
-_BATCH = 256
+_PRODUCER_BURST = 256  # rows submitted between yields to the loop
 _MAX_PENDING_BEFORE_WAIT = 4_096
 
 
@@ -104,13 +108,13 @@ async def run(ctx: RunContext) -> BenchResult:
         "channels": _CHANNELS,
         "turn_words": [_MIN_WORDS, _MAX_WORDS],
         "queries": queries,
-        "writer_batch": _BATCH,
     }
     result.method = [
         "one database from open_database (WAL, synchronous=NORMAL, cache 16 MiB, migrations)",
-        "writes in alternating blocks: API = Turn → HistoryWriter.submit with the writer's run() "
-        "task flushing; raw = the store's INSERT via executemany, 256 rows per transaction, on a "
-        "plain sqlite3 connection with the same pragmas",
+        "writes in alternating blocks: API = Turn(...) → HistoryWriter.submit with the writer's "
+        "run() task flushing (datetime and meta dict made before the clock); raw = the store's "
+        "own multi-row INSERT statements via executemany, the writer's batch size (1,024) per "
+        "transaction, on a plain sqlite3 connection with the same pragmas",
         "reads interleaved call by call: HistoryStore.recent/search vs the store's SQL on the "
         "plain connection (in-thread; loop-lag sentinel paused during raw calls)",
         "bytes per turn = file size after PRAGMA wal_checkpoint(TRUNCATE) / turns",
@@ -135,6 +139,7 @@ async def _measure(
     db = await open_database(db_path)
     store = HistoryStore(db)
     writer = HistoryWriter(store)
+    result.params["writer_batch"] = writer.max_batch
     raw = sqlite3.connect(db_path, isolation_level=None)
     for pragma in (
         "PRAGMA busy_timeout = 5000",
@@ -187,7 +192,9 @@ async def _write_phase(
     block: int,
 ) -> dict[str, Any]:
     from familiar_connect.storage.db import from_epoch_us
-    from familiar_connect.storage.history import _INSERT, Turn
+    from familiar_connect.storage.history import Turn, _insert_statements
+
+    batch = store_writer.max_batch
 
     rates: dict[str, list[float]] = {"api": [], "raw": []}
     waits = 0
@@ -200,9 +207,14 @@ async def _write_phase(
         api = (index % 4) in (0, 3)
         index += 1
         if api:
+            # What the app holds when it makes a Turn: an aware datetime and a meta dict.
+            inputs = [
+                (row, from_epoch_us(row[7]), json.loads(row[8]) if row[8] is not None else None)
+                for row in chunk
+            ]
             lag.phase("api_writes")
             start = time.perf_counter()
-            for position, row in enumerate(chunk):
+            for position, (row, created_at, meta) in enumerate(inputs):
                 store_writer.submit(
                     Turn(
                         platform=row[0],
@@ -212,11 +224,11 @@ async def _write_phase(
                         role=row[4],
                         content=row[5],
                         modality=row[6],
-                        created_at=from_epoch_us(row[7]),
-                        meta=json.loads(row[8]) if row[8] is not None else None,
+                        created_at=created_at,
+                        meta=meta,
                     )
                 )
-                if position % _BATCH == _BATCH - 1:
+                if position % _PRODUCER_BURST == _PRODUCER_BURST - 1:
                     await asyncio.sleep(0)
                     for _ in range(10_000):
                         if store_writer.pending <= _MAX_PENDING_BEFORE_WAIT:
@@ -228,9 +240,10 @@ async def _write_phase(
         else:
             with lag.paused():
                 start = time.perf_counter()
-                for offset in range(0, size, _BATCH):
+                for offset in range(0, size, batch):
                     raw.execute("BEGIN IMMEDIATE")
-                    raw.executemany(_INSERT, chunk[offset : offset + _BATCH])
+                    for sql, executions in _insert_statements(chunk[offset : offset + batch]):
+                        raw.executemany(sql, executions)
                     raw.execute("COMMIT")
                 rates["raw"].append(size / (time.perf_counter() - start))
         written += size

@@ -57,7 +57,7 @@ from familiar_connect.settings import Settings
 from familiar_connect.speech.factory import build_speech
 from familiar_connect.storage.db import Database, open_database
 from familiar_connect.storage.history import HistoryStore, HistoryWriter
-from familiar_connect.storage.notes_index import NotesIndex
+from familiar_connect.storage.notes_index import NotesIndex, RebuildResult
 from familiar_connect.storage.privacy import PrivacyStore
 from familiar_connect.storage.subscriptions import SubscriptionStore
 from familiar_connect.storage.usage import UsageRecord, UsageStore
@@ -165,9 +165,14 @@ def _prepare_dirs(familiar_dir: Path) -> Path:
     return memory_root
 
 
-def _all_notes(store: MemoryStore) -> list[tuple[str, str]]:
-    """Every note, for the search index at start (uncapped, unlike the model's glob)."""
-    return list(store.iter_notes())
+async def _rebuild_notes_index(store: MemoryStore, notes_index: NotesIndex) -> RebuildResult:
+    """Bring the search index in line with every note on disk (the start-up service).
+
+    ``iter_notes`` is uncapped, unlike the model's glob. The rebuild pulls from it in
+    worker threads a chunk at a time, so the files are read off the event loop and
+    never all held in memory at once.
+    """
+    return await notes_index.rebuild(store.iter_notes())
 
 
 @contextlib.asynccontextmanager
@@ -312,8 +317,7 @@ async def open_familiar(settings: Settings, character: Character) -> AsyncIterat
         )
 
         async def rebuild_index() -> None:
-            notes = await asyncio.to_thread(_all_notes, store)
-            await notes_index.rebuild(notes)
+            await _rebuild_notes_index(store, notes_index)
 
         services: list[Service] = [
             FunctionService("orchestrator", orchestrator.run),
@@ -399,12 +403,15 @@ _PROVIDER_OF_SERVICE = {"discord": "discord_gateway", "twitch": "twitch_eventsub
 
 
 def connect_adapters(services: list[Service], dashboard: DashboardService | None) -> None:
-    """Bind adapters to the dashboard's provider rows, and let Twitch speak in the voice channel."""
+    """Bind adapters (and the voice presence) to the dashboard's provider rows; let Twitch speak."""
     if dashboard is not None:
         for service in services:
             provider_id = _PROVIDER_OF_SERVICE.get(service.name)
             if provider_id is not None and hasattr(service, "report"):
                 service.report = functools.partial(dashboard.providers.report, provider_id)  # type: ignore[attr-defined]
+            voice = getattr(service, "voice", None)
+            if voice is not None:
+                voice.attach_status(dashboard.providers.report)
     twitch = next((s for s in services if s.name == "twitch"), None)
     if twitch is None:
         return

@@ -220,6 +220,34 @@ class TestHistoryStore:
         assert await history.export_author("discord", "chatty") == []
         assert await history.count() == 1
 
+    async def test_add_many_keeps_order_across_statements(self, history: HistoryStore) -> None:
+        """A batch split into several multi-row statements gets ids in iteration order."""
+        await history.add_many([_turn(f"word{i} filler", seconds=i) for i in range(203)])
+        turns = await history.recent("discord", "c1", limit=500)
+        assert [t.content for t in turns] == [f"word{i} filler" for i in range(203)]
+        ids = [t.id or 0 for t in turns]
+        assert ids == sorted(ids) and len(set(ids)) == 203
+        for i in (0, 63, 64, 191, 192, 200, 202):  # first/last rows of each statement
+            assert [t.content for t in await history.search(f"word{i}")] == [f"word{i} filler"]
+        assert len(await history.search("filler", limit=200)) == 200
+
+    async def test_a_batch_writes_few_index_segments(
+        self, history: HistoryStore, db: Database
+    ) -> None:
+        """256 turns make a handful of FTS5 segments, not one per turn (as executemany did)."""
+        executed: list[str] = []
+        await db.conn.set_trace_callback(executed.append)
+        try:
+            await history.add_many([_turn(f"m{i} hello there") for i in range(256)])
+        finally:
+            await db.conn.set_trace_callback(None)
+        # FTS5 records each new segment in its %_idx table (traced as a nested statement).
+        segments = [
+            sql for sql in executed if sql.startswith("-- INSERT INTO 'main'.'turns_fts_idx'")
+        ]
+        assert 1 <= len(segments) <= 16
+        assert await history.count() == 256
+
     async def test_ids_are_never_reused(self, history: HistoryStore) -> None:
         """After deleting the newest turns, new turns still get larger ids."""
         await history.add_many([_turn("a", author_id="x"), _turn("b", author_id="x")])

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from familiar_connect.memory.store import MemoryStore
 from familiar_connect.storage.db import Database, open_database
-from familiar_connect.storage.notes_index import NotesIndex, RebuildResult
+from familiar_connect.storage.notes_index import _CHUNK, NotesIndex, RebuildResult
 
 
 @pytest.fixture(name="db")
@@ -122,6 +123,133 @@ class TestNotesIndex:
             await index.upsert("", "x")
         with pytest.raises(ValueError, match="path"):
             await index.upsert("a\x00b.md", "x")
+
+
+class _Notes:
+    """A lazy ``(rel_path, content)`` source that records how the rebuild consumes it."""
+
+    def __init__(self, notes: list[tuple[str, str]], *, gate_after: int | None = None) -> None:
+        self.notes = notes
+        self.gate_after = gate_after  # pause before this many notes until `gate` is set
+        self.gate = threading.Event()
+        self.closed = threading.Event()
+        self.threads: set[int] = set()
+        self.before_yield: dict[str, object] = {}
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        try:
+            for position, (rel_path, content) in enumerate(self.notes):
+                if position == self.gate_after:
+                    self.gate.wait(30)
+                self.threads.add(threading.get_ident())
+                hook = self.before_yield.get(rel_path)
+                if callable(hook):
+                    hook()
+                yield rel_path, content
+        finally:
+            self.closed.set()
+
+
+def _numbered(count: int, word: str = "note") -> list[tuple[str, str]]:
+    return [(f"n/{i:05d}.md", f"{word} number {i}") for i in range(count)]
+
+
+async def _wait_for_count(index: NotesIndex, count: int) -> None:
+    """Wait until ``count`` notes are indexed (a hang guard, not a timing check)."""
+    for _ in range(3_000):
+        if await index.count() >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{count} notes were never indexed")
+
+
+class TestNotesIndexRebuild:
+    async def test_files_are_read_in_worker_threads(self, index: NotesIndex) -> None:
+        """The rebuild never iterates the files on the event loop thread, and closes them."""
+        notes = _Notes(_numbered(3 * _CHUNK + 7))
+        result = await index.rebuild(iter(notes))
+        assert result == RebuildResult(written=3 * _CHUNK + 7, unchanged=0, removed=0)
+        assert notes.threads and threading.get_ident() not in notes.threads
+        assert await asyncio.to_thread(notes.closed.wait, 30)
+        assert await index.count() == 3 * _CHUNK + 7
+
+    async def test_a_memory_store_is_streamed(self, index: NotesIndex, tmp_path: Path) -> None:
+        """rebuild(store.iter_notes()) indexes every note of a real MemoryStore."""
+        store = MemoryStore(tmp_path / "memory")
+        for i in range(_CHUNK + 3):
+            store.write_file(f"topics/t{i}.md", f"topic {i} about otters{i % 4}", source="test")
+        store.write_file("people/skip.txt", "not a note", source="test")
+        result = await index.rebuild(store.iter_notes())
+        assert result.written == _CHUNK + 3
+        assert len(await index.search("otters2", limit=100)) == (_CHUNK + 3 + 1) // 4
+        again = await index.rebuild(store.iter_notes())
+        assert again == RebuildResult(written=0, unchanged=_CHUNK + 3, removed=0)
+
+    async def test_bad_path_keeps_the_chunks_before_it(self, index: NotesIndex) -> None:
+        """A bad path raises ValueError; the whole chunks read before it stay indexed."""
+        notes = _Notes([*_numbered(3 * _CHUNK + 5), ("", "no path")])
+        with pytest.raises(ValueError, match="path"):
+            await index.rebuild(iter(notes))
+        assert await index.count() == 3 * _CHUNK
+        assert await asyncio.to_thread(notes.closed.wait, 30)
+
+    async def test_cancel_keeps_committed_chunks(self, index: NotesIndex) -> None:
+        """Cancelling keeps what was committed, closes the files, and a new rebuild finishes."""
+        files = _numbered(3 * _CHUNK + 10)
+        notes = _Notes(files, gate_after=2 * _CHUNK)
+        task = asyncio.get_running_loop().create_task(index.rebuild(iter(notes)))
+        await _wait_for_count(index, 2 * _CHUNK)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        notes.gate.set()  # let the worker thread finish the chunk it was reading
+        assert await asyncio.to_thread(notes.closed.wait, 30)
+        assert await index.count() == 2 * _CHUNK
+        result = await index.rebuild(files)
+        assert result == RebuildResult(written=_CHUNK + 10, unchanged=2 * _CHUNK, removed=0)
+
+    async def test_live_writes_during_a_rebuild_win(self, index: NotesIndex) -> None:
+        """A note written live after the rebuild read it keeps the live content, and a note
+        created live is not removed as stale."""
+        await index.upsert("x.md", "original words")
+        await index.upsert("revived.md", "old revived text")
+        listener = index.listener_for(asyncio.get_running_loop())
+        notes = _Notes([("a.md", "alpha"), ("x.md", "stale words"), ("z.md", "zulu")])
+
+        def file_changes() -> None:  # runs in the rebuild's worker thread, as a real write would
+            listener("x.md", "fresh words")
+            listener("revived.md", "revived again")
+
+        notes.before_yield["x.md"] = file_changes
+        result = await index.rebuild(iter(notes))
+        await index.drain()
+        assert result.removed == 0
+        assert [h.rel_path for h in await index.search("fresh")] == ["x.md"]
+        assert await index.search("stale") == []
+        assert [h.rel_path for h in await index.search("revived again")] == ["revived.md"]
+        assert await index.count() == 4
+
+    async def test_changed_unchanged_new_and_stale_across_chunks(
+        self, index: NotesIndex, db: Database
+    ) -> None:
+        """Hundreds of changed, unchanged, new and removed notes are each handled once."""
+        before = _numbered(700, word="old")
+        await index.rebuild(before)
+        changed_id = await _note_id(db, "n/00000.md")
+        files = [
+            *[(path, f"new text {i}") for i, (path, _) in enumerate(before[:300])],
+            *before[300:500],
+            *[(f"fresh/{i}.md", f"added note {i}") for i in range(100)],
+        ]
+        result = await index.rebuild(files)
+        assert result == RebuildResult(written=400, unchanged=200, removed=200)
+        assert await index.count() == 600
+        assert await _note_id(db, "n/00000.md") > changed_id
+        assert len(await index.search("old", limit=100)) == 100
+        assert len(await index.search("new text", limit=100)) == 100
+        assert await index.search("old number 299") == []
+        assert await index.search("old number 650") == []
+        assert [h.rel_path for h in await index.search("old number 450")] == ["n/00450.md"]
 
 
 class TestNotesIndexListener:
