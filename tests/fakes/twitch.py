@@ -285,11 +285,20 @@ class FakeTwitch(EventSubSide, FakeServer):
     # --- tokens --------------------------------------------------------------------------
 
     def issue_token(
-        self, user: TwitchUser, scopes: Iterable[str], *, expires_in_s: int | None = None
+        self,
+        user: TwitchUser,
+        scopes: Iterable[str],
+        *,
+        expires_in_s: int | None = None,
+        access: str | None = None,
+        refresh: str | None = None,
     ) -> tuple[str, str]:
-        """Mint a user token pair as if ``user`` had authorised the app; returns (access, refresh)."""
-        access = "acc" + secrets.token_hex(12)
-        refresh = "ref" + secrets.token_hex(16)
+        """Mint a user token pair as if ``user`` had authorised the app; returns (access, refresh).
+
+        ``access``/``refresh`` choose the values (canaries); random ones otherwise.
+        """
+        access = access or "acc" + secrets.token_hex(12)
+        refresh = refresh or "ref" + secrets.token_hex(16)
         self.tokens[access] = FakeToken(
             access,
             refresh,

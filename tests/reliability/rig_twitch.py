@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,8 @@ from familiar_connect.storage.vault import Vault
 from familiar_connect.supervisor import Service
 from tests.fakes.discord_fake import FakeDiscord
 from tests.fakes.openrouter import FakeOpenRouter
-from tests.fakes.twitch import BOT, STREAMER, FakeToken, FakeTwitch, TwitchUser
+from tests.fakes.twitch import BOT, STREAMER, FakeTwitch
+from tests.platforms.twitch.conftest import stored
 from tests.reliability.figures import timeout_s
 from tests.reliability.rig import Rig, rig
 
@@ -43,7 +44,6 @@ __all__ = [
     "MASTER_KEY",
     "RigTwitch",
     "TwitchRig",
-    "plant_token",
     "store_tokens",
     "stored",
     "twitch_rig",
@@ -97,46 +97,6 @@ def twitch_settings(fake: FakeTwitch, *, master_key: str = MASTER_KEY) -> dict[s
         "twitch_id_base": fake.id_base,
         "twitch_eventsub_ws": fake.eventsub_url,
     }
-
-
-def stored(
-    fake: FakeTwitch, role: str, user: TwitchUser, scopes: Iterable[str], **kwargs: Any
-) -> StoredToken:
-    """Have ``user`` authorise the app on the fake; the pair as the vault keeps it."""
-    access, refresh = fake.issue_token(user, scopes, **kwargs)
-    return StoredToken(
-        role=role,  # type: ignore[arg-type]
-        user_id=user.user_id,
-        login=user.login,
-        access_token=access,
-        refresh_token=refresh,
-        scopes=tuple(scopes),
-    )
-
-
-def plant_token(
-    fake: FakeTwitch,
-    role: str,
-    user: TwitchUser,
-    scopes: Sequence[str],
-    *,
-    access: str,
-    refresh: str,
-) -> StoredToken:
-    """Like :func:`stored`, with chosen token values (canaries) instead of the fake's random ones."""
-    fake.tokens[access] = FakeToken(
-        access, refresh, user, tuple(sorted(set(scopes))), fake.token_expires_in_s
-    )
-    # The fake mints random values only; its refresh index is how a grant finds the pair.
-    fake._refresh_index[refresh] = access
-    return StoredToken(
-        role=role,  # type: ignore[arg-type]
-        user_id=user.user_id,
-        login=user.login,
-        access_token=access,
-        refresh_token=refresh,
-        scopes=tuple(scopes),
-    )
 
 
 def default_tokens(fake: FakeTwitch) -> list[StoredToken]:

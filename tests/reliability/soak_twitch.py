@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from familiar_connect.platforms.twitch.scopes import scopes_for
-from familiar_connect.platforms.twitch.tokens import StoredToken, TwitchTokenStore
+from familiar_connect.platforms.twitch.tokens import TwitchTokenStore
 from familiar_connect.storage.db import open_database
 from familiar_connect.storage.vault import Vault
 from tests.fakes.twitch import BOT, STREAMER, FakeTwitch, TwitchUser
 from tests.fakes.twitch_payloads import chat_message_event
+from tests.platforms.twitch.conftest import stored
 
 __all__ = ["MASTER_KEY", "VIEWERS", "TwitchFlood", "ledger", "seed_tokens", "twitch_env"]
 
@@ -53,19 +54,6 @@ def twitch_env(fake: FakeTwitch) -> dict[str, str]:
     }
 
 
-def _token(fake: FakeTwitch, role: str, user: TwitchUser) -> StoredToken:
-    scopes = scopes_for(role, KINDS)  # type: ignore[arg-type]
-    access, refresh = fake.issue_token(user, scopes)
-    return StoredToken(
-        role=role,  # type: ignore[arg-type]
-        user_id=user.user_id,
-        login=user.login,
-        access_token=access,
-        refresh_token=refresh,
-        scopes=tuple(scopes),
-    )
-
-
 async def seed_tokens(familiar_dir: Path, fake: FakeTwitch) -> None:
     """Log the bot and the broadcaster in: their tokens, encrypted in the familiar's vault.
 
@@ -74,8 +62,8 @@ async def seed_tokens(familiar_dir: Path, fake: FakeTwitch) -> None:
     db = await open_database(familiar_dir / "familiar.db")
     try:
         store = TwitchTokenStore(Vault(db, {1: MASTER_KEY}))
-        await store.save(_token(fake, "bot", BOT))
-        await store.save(_token(fake, "broadcaster", STREAMER))
+        for role, user in (("bot", BOT), ("broadcaster", STREAMER)):
+            await store.save(stored(fake, role, user, scopes_for(role, KINDS)))  # type: ignore[arg-type]
     finally:
         await db.close()
 

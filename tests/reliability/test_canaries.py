@@ -67,8 +67,8 @@ from tests.reliability.rig_twitch import (
     BOT_SCOPES,
     BROADCASTER_SCOPES,
     RigTwitch,
-    plant_token,
     store_tokens,
+    stored,
 )
 from tests.reliability.rig_voice import voice_rig
 
@@ -519,10 +519,8 @@ class TestTwitchCanaries:
                 tmp_path / "data" / "familiars" / "canary",
                 {1: CANARIES["familiar_master_key"], 2: MASTER_KEY_V2},
                 [
-                    plant_token(
-                        twitch, "bot", BOT, BOT_SCOPES, access=BOT_ACCESS, refresh=BOT_REFRESH
-                    ),
-                    plant_token(
+                    stored(twitch, "bot", BOT, BOT_SCOPES, access=BOT_ACCESS, refresh=BOT_REFRESH),
+                    stored(
                         twitch,
                         "broadcaster",
                         STREAMER,
