@@ -9,10 +9,10 @@ the environment) and the command prints a short table. Method and targets:
 
 The suite (numbers as in DESIGN §6 and the benchmark issue):
 
-1. ``voice_turn``: voice turn overhead (not yet available);
-2. ``barge_in``: barge-in stop latency (not yet available);
+1. ``voice_turn``: end of speech → first audible frame, minus policy waits and providers;
+2. ``barge_in``: user speech onset during playback → familiar audio stops, LLM stream closed;
 3. ``text_turn``: Discord text message → typing / reply overhead, 1–200 channels;
-4. ``twitch_ingest``: sustained Twitch chat ingest (not yet available);
+4. ``twitch_ingest``: sustained Twitch chat ingest at 200–10k msg/s, against parse-only;
 5. ``memory_search``: ``memory_search`` at 1k/10k/100k notes;
 6. ``history``: the history store at 1M turns;
 7. ``startup``: exec → ready and idle RSS.

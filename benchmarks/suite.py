@@ -39,20 +39,13 @@ SUITE: tuple[BenchmarkSpec, ...] = (
         1,
         "voice_turn",
         "voice turn overhead: end of voiced audio → first non-silent frame, minus waits and providers",
-        unavailable=(
-            "the Discord voice path (receive, Deepgram, Cartesia, 20 ms playback) landed while "
-            "this suite was being written; its benchmark (a scripted Opus speaker through the "
-            "fake voice server) is the next one to write"
-        ),
+        module="benchmarks.voice_turn",
     ),
     BenchmarkSpec(
         2,
         "barge_in",
         "barge-in: user speech onset during playback → last familiar frame, beyond the window",
-        unavailable=(
-            "builds on the voice_turn harness, not written yet (speech onset during playback → "
-            "last familiar frame, and when the fake OpenRouter sees its stream closed)"
-        ),
+        module="benchmarks.barge_in",
     ),
     BenchmarkSpec(
         3,
@@ -65,7 +58,8 @@ SUITE: tuple[BenchmarkSpec, ...] = (
         4,
         "twitch_ingest",
         "Twitch chat ingest: sustained messages/s with bounded memory",
-        unavailable="the Twitch adapter (EventSub chat ingest) is still being built",
+        module="benchmarks.twitch_ingest",
+        cheap=True,
     ),
     BenchmarkSpec(
         5,
