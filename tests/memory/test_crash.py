@@ -92,12 +92,13 @@ class TestCrashDuringWrites:
         check_file_contents(root)
 
         result = verify_audit(audit, root)
-        # Only the newest record can be unfinished: recorded, its temp file not yet renamed.
+        # Only the newest record can be unfinished: recorded, its temp file not yet renamed
+        # (the file then holds its old content, or does not exist yet).
         recorded_not_renamed = op_path(result.records_checked - 1)
         for issue in result.issues:
             if issue.kind == "torn_tail":
                 continue
-            assert issue.kind == "file_changed", result.problems
+            assert issue.kind in ("file_changed", "file_missing"), result.problems
             assert issue.rel_path == recorded_not_renamed, result.problems
 
         loaded = AuditLog(audit).entries()
@@ -141,6 +142,18 @@ class TestWriteAheadRecovery:
         reopened = MemoryStore(tmp_path / "memory")
         assert reopened.read_file("people/ann.md") == "new"
         assert stale_temp_files(reopened.root) == []
+        assert verify_audit(reopened.audit_path, reopened.root).ok
+
+    def test_recorded_new_file_is_finished_on_open(self, tmp_path: Path) -> None:
+        """A new note recorded but not yet renamed into place (verify: missing) appears on open."""
+        store = MemoryStore(tmp_path / "memory")
+        store.write_file("people/ann.md", "old", source="test")
+        simulate_cut_after_record(store, "people/bob.md", "brand new")
+        kinds = {p.kind for p in verify_audit(store.audit_path, store.root).issues}
+        assert kinds == {"file_missing"}
+
+        reopened = MemoryStore(tmp_path / "memory")
+        assert reopened.read_file("people/bob.md") == "brand new"
         assert verify_audit(reopened.audit_path, reopened.root).ok
 
     def test_recorded_delete_is_finished_on_open(self, tmp_path: Path) -> None:
