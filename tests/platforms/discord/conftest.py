@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import discord
 import pytest
+from discord.ext import voice_recv
 
 from familiar_connect.app import Familiar, open_familiar
 from familiar_connect.character import load_character
@@ -17,8 +19,12 @@ from familiar_connect.platforms.discord import DiscordService
 from familiar_connect.settings import Settings, load_settings
 from familiar_connect.supervisor import Supervisor
 from tests.conversation.conftest import write_character
+from tests.fakes.certs import TlsCert, make_cert
 from tests.fakes.discord_fake import FakeDiscord
+from tests.fakes.discord_voice import FakeDiscordVoice
+from tests.fakes.discord_world import VOICE_ID
 from tests.fakes.openrouter import FakeOpenRouter
+from tests.platforms.discord.test_voice_kit import running_client
 
 BOT_TOKEN = "MTAxMDEwMTAxMDEwMTAxMDEw.fakeTk.fake-bot-token-for-tests-0000"
 LLM_KEY = "sk-or-v1-discord-e2e-0123456789"
@@ -114,3 +120,24 @@ async def fixture_start_familiar(
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(harness.task, timeout=10)
         await context.__aexit__(None, None, None)
+
+
+@pytest.fixture(name="cert")
+def fixture_cert(tmp_path: Path) -> TlsCert:
+    return make_cert(tmp_path / "tls")
+
+
+@pytest.fixture(name="stack")
+async def fixture_stack(
+    cert: TlsCert,
+) -> AsyncIterator[tuple[FakeDiscordVoice, voice_recv.VoiceRecvClient]]:
+    """The fake gateway and voice server, a real discord.py client, joined to the voice channel."""
+    async with (
+        FakeDiscord() as fake,
+        FakeDiscordVoice(fake, cert) as voice,
+        running_client(fake, cert) as client,
+    ):
+        channel = client.get_channel(VOICE_ID)
+        assert isinstance(channel, discord.VoiceChannel)
+        vc = await channel.connect(cls=voice_recv.VoiceRecvClient, timeout=10)
+        yield voice, vc

@@ -5,8 +5,6 @@ from __future__ import annotations
 import inspect
 import struct
 import threading
-from collections.abc import AsyncIterator
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -28,11 +26,9 @@ from familiar_connect.platforms.discord.dave import (
     check_voice_recv_internals,
     is_valid_opus,
 )
-from tests.fakes.certs import TlsCert, make_cert
-from tests.fakes.discord_fake import FakeDiscord
 from tests.fakes.discord_voice import FakeDiscordVoice, rms, stereo_frames
-from tests.fakes.discord_world import ALICE_ID, VOICE_ID
-from tests.platforms.discord.test_voice_kit import running_client, tone
+from tests.fakes.discord_world import ALICE_ID
+from tests.platforms.discord.test_voice_kit import tone
 
 MODE = "aead_xchacha20_poly1305_rtpsize"
 KEY = bytes(range(32))
@@ -210,26 +206,6 @@ class RecordingSink(voice_recv.AudioSink):
 
     def cleanup(self) -> None:
         pass
-
-
-@pytest.fixture(name="cert")
-def fixture_cert(tmp_path: Path) -> TlsCert:
-    return make_cert(tmp_path / "tls")
-
-
-@pytest.fixture(name="stack")
-async def fixture_stack(
-    cert: TlsCert,
-) -> AsyncIterator[tuple[FakeDiscordVoice, voice_recv.VoiceRecvClient]]:
-    async with (
-        FakeDiscord() as fake,
-        FakeDiscordVoice(fake, cert) as voice,
-        running_client(fake, cert) as client,
-    ):
-        channel = client.get_channel(VOICE_ID)
-        assert isinstance(channel, discord.VoiceChannel)
-        vc = await channel.connect(cls=voice_recv.VoiceRecvClient, timeout=10)
-        yield voice, vc
 
 
 class TestDaveGlueThroughVoiceStack:

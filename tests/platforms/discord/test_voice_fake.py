@@ -6,13 +6,12 @@ import asyncio
 import io
 import threading
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import discord
 import pytest
 from discord.ext import voice_recv
 
-from tests.fakes.certs import TlsCert, make_cert
+from tests.fakes.certs import TlsCert
 from tests.fakes.discord_fake import FakeDiscord
 from tests.fakes.discord_voice import (
     OP_SELECT_PROTOCOL,
@@ -22,11 +21,6 @@ from tests.fakes.discord_voice import (
 )
 from tests.fakes.discord_world import ALICE_ID, BOB_ID, VOICE_ID
 from tests.platforms.discord.test_voice_kit import running_client, tone
-
-
-@pytest.fixture(name="cert")
-def fixture_cert(tmp_path: Path) -> TlsCert:
-    return make_cert(tmp_path / "tls")
 
 
 @pytest.fixture(name="fake")

@@ -16,7 +16,7 @@ from familiar_connect.core.turns import TurnConfig
 from familiar_connect.errors import ProviderAuthError
 from familiar_connect.platforms.discord.voice import VoiceConfig, VoiceManager
 from familiar_connect.platforms.discord.voice_receive import ListenConfig
-from tests.fakes.certs import TlsCert, make_cert
+from tests.fakes.certs import TlsCert
 from tests.fakes.discord_fake import FakeDiscord
 from tests.fakes.discord_voice import FakeDiscordVoice
 from tests.fakes.discord_world import (
@@ -71,11 +71,6 @@ class VoiceRig:
 
 
 RigFactory = Callable[..., Awaitable[VoiceRig]]
-
-
-@pytest.fixture(name="cert")
-def fixture_cert(tmp_path: Path) -> TlsCert:
-    return make_cert(tmp_path / "tls")
 
 
 @pytest.fixture(name="voice")

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 
 import discord
 import numpy as np
@@ -17,11 +16,8 @@ from familiar_connect.platforms.discord.playback import (
     PcmStreamSource,
     PlaybackLane,
 )
-from tests.fakes.certs import TlsCert, make_cert
-from tests.fakes.discord_fake import FakeDiscord
 from tests.fakes.discord_voice import FakeDiscordVoice
-from tests.fakes.discord_world import VOICE_ID
-from tests.platforms.discord.test_voice_kit import ThreadPlayer, running_client, tone
+from tests.platforms.discord.test_voice_kit import ThreadPlayer, tone
 
 
 def frames_of(seconds: float) -> bytes:
@@ -175,26 +171,6 @@ class TestReplyPlayback:
         await asyncio.wait_for(playback.finish(), timeout=5)
         assert isinstance(playback.error, discord.ClientException)
         assert not playback.active
-
-
-@pytest.fixture(name="cert")
-def fixture_cert(tmp_path: Path) -> TlsCert:
-    return make_cert(tmp_path / "tls")
-
-
-@pytest.fixture(name="stack")
-async def fixture_stack(
-    cert: TlsCert,
-) -> AsyncIterator[tuple[FakeDiscordVoice, voice_recv.VoiceRecvClient]]:
-    async with (
-        FakeDiscord() as fake,
-        FakeDiscordVoice(fake, cert) as voice,
-        running_client(fake, cert) as client,
-    ):
-        channel = client.get_channel(VOICE_ID)
-        assert isinstance(channel, discord.VoiceChannel)
-        vc = await channel.connect(cls=voice_recv.VoiceRecvClient, timeout=10)
-        yield voice, vc
 
 
 class TestPlaybackThroughDiscordPy:

@@ -21,7 +21,6 @@ from tests.platforms.discord.test_voice_kit import tone
 from tests.platforms.discord.test_voice_manager import (  # noqa: F401 - fixtures
     FAST,
     RigFactory,
-    fixture_cert,
     fixture_rig,
     fixture_voice,
 )

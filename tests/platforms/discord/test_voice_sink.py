@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
-import discord
-import pytest
 from discord.ext import voice_recv
 from structlog.testing import capture_logs
 
@@ -16,11 +13,8 @@ from familiar_connect.conversation.sinks import ReplySink
 from familiar_connect.platforms.discord.playback import PlaybackLane
 from familiar_connect.platforms.discord.voice_sink import VoiceReplySink, spoken_prefix
 from familiar_connect.speech.tts.base import WordTiming
-from tests.fakes.certs import TlsCert, make_cert
-from tests.fakes.discord_fake import FakeDiscord
 from tests.fakes.discord_voice import FakeDiscordVoice
-from tests.fakes.discord_world import VOICE_ID
-from tests.platforms.discord.test_voice_kit import ThreadPlayer, ToneSynthesizer, running_client
+from tests.platforms.discord.test_voice_kit import ThreadPlayer, ToneSynthesizer
 
 CLAUSES = ("Hello there,", "how are you today?", "I missed you.")
 WORDS = " ".join(CLAUSES).split()
@@ -177,26 +171,6 @@ class TestVoiceReplySink:
         sink = VoiceReplySink(ToneSynthesizer(), PlaybackLane(ThreadPlayer()), post_text=posted)
         await sink.notice("I can't think right now.")
         assert posted.texts == ["I can't think right now."]
-
-
-@pytest.fixture(name="cert")
-def fixture_cert(tmp_path: Path) -> TlsCert:
-    return make_cert(tmp_path / "tls")
-
-
-@pytest.fixture(name="stack")
-async def fixture_stack(
-    cert: TlsCert,
-) -> AsyncIterator[tuple[FakeDiscordVoice, voice_recv.VoiceRecvClient]]:
-    async with (
-        FakeDiscord() as fake,
-        FakeDiscordVoice(fake, cert) as voice,
-        running_client(fake, cert) as client,
-    ):
-        channel = client.get_channel(VOICE_ID)
-        assert isinstance(channel, discord.VoiceChannel)
-        vc = await channel.connect(cls=voice_recv.VoiceRecvClient, timeout=10)
-        yield voice, vc
 
 
 class TestVoiceReplySinkThroughDiscordPy:
