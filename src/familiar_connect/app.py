@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -65,6 +66,12 @@ from familiar_connect.storage.watermarks import WatermarkStore
 from familiar_connect.supervisor import Service, Supervisor
 
 __all__ = ["App", "Familiar", "FunctionService", "build_app", "call_settings", "open_familiar"]
+
+if TYPE_CHECKING:  # the platforms load only when configured (start-up time, RSS)
+    from familiar_connect.platforms.discord import DiscordService
+    from familiar_connect.platforms.discord.voice import VoiceConfig, VoiceManager
+    from familiar_connect.speech.stt.base import Transcriber
+    from familiar_connect.speech.tts.base import Synthesizer
 
 log = structlog.get_logger(__name__)
 
@@ -360,27 +367,12 @@ async def _close_history_writer(writer: HistoryWriter) -> None:
 
 def _discord_service(familiar: Familiar) -> Service:
     from familiar_connect.platforms.discord import DiscordService
-    from familiar_connect.platforms.discord.voice import VoiceConfig, VoiceManager
 
     service = DiscordService(familiar)
     familiar.subscription_checks.append(service.is_subscribed)
     transcriber, synthesizer = build_speech(familiar.settings, familiar.character)
     if transcriber is not None and synthesizer is not None:
-        service.voice = VoiceManager(
-            orchestrator=familiar.orchestrator,
-            transcriber=transcriber,
-            synthesizer=synthesizer,
-            is_opted_out=familiar.privacy_service.is_opted_out,
-            familiar_name=familiar.character.display_name,
-            aliases=familiar.character.aliases,
-            operator_ids=service.operator_ids,
-            config=VoiceConfig.from_character(
-                familiar.character, cache_dir=familiar.settings.familiar_dir / "cache"
-            ),
-            outbound=service.outbound,
-            sink_stats=service.sink_stats,
-        )
-        familiar.subscription_checks.append(service.voice.is_subscribed)
+        attach_voice(familiar, service, transcriber, synthesizer)
     elif transcriber is not None or synthesizer is not None:
         raise ConfigError(
             "Voice needs both a speech-to-text and a text-to-speech provider: set "
@@ -388,6 +380,42 @@ def _discord_service(familiar: Familiar) -> Service:
             "AZURE_SPEECH_REGION (or none of them, for text only)."
         )
     return service
+
+
+def attach_voice(
+    familiar: Familiar,
+    service: DiscordService,
+    transcriber: Transcriber,
+    synthesizer: Synthesizer,
+    *,
+    config: VoiceConfig | None = None,
+) -> VoiceManager:
+    """Give the Discord adapter its voice presence, wired to this familiar.
+
+    ``config`` defaults to the character's ``[voice]`` section, with the greeting cache
+    in the familiar's directory.
+    """
+    from familiar_connect.platforms.discord.voice import VoiceConfig, VoiceManager
+
+    if config is None:
+        config = VoiceConfig.from_character(
+            familiar.character, cache_dir=familiar.settings.familiar_dir / "cache"
+        )
+    voice = VoiceManager(
+        orchestrator=familiar.orchestrator,
+        transcriber=transcriber,
+        synthesizer=synthesizer,
+        is_opted_out=familiar.privacy_service.is_opted_out,
+        familiar_name=familiar.character.display_name,
+        aliases=familiar.character.aliases,
+        operator_ids=service.operator_ids,
+        config=config,
+        outbound=service.outbound,
+        sink_stats=service.sink_stats,
+    )
+    service.voice = voice
+    familiar.subscription_checks.append(voice.is_subscribed)
+    return voice
 
 
 def _twitch_service(familiar: Familiar) -> Service:

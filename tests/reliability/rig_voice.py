@@ -31,6 +31,7 @@ from typing import Any
 import discord
 from aiohttp import web
 
+from familiar_connect.app import attach_voice
 from familiar_connect.core.events import ConversationKey, Platform
 from familiar_connect.core.turns import TurnConfig
 from familiar_connect.platforms.discord.voice import VoiceConfig, VoiceManager
@@ -230,7 +231,7 @@ def _world(speakers: int) -> tuple[World, list[str]]:
 def _voice_manager(
     r: Rig, stt_options: Mapping[str, Any], voice_config: Mapping[str, Any]
 ) -> VoiceManager:
-    """The voice presence exactly as ``app._discord_service`` builds it (timing knobs aside)."""
+    """The voice presence as ``app._discord_service`` builds it (speech timing knobs aside)."""
     familiar = r.familiar
     settings = familiar.settings
     voice = familiar.character.config.voice
@@ -251,26 +252,18 @@ def _voice_manager(
         voice_id=voice.tts_voice,
         language=voice.language,
     )
-    service = r.service
-    manager = VoiceManager(
-        orchestrator=familiar.orchestrator,
-        transcriber=transcriber,
-        synthesizer=synthesizer,
-        is_opted_out=familiar.privacy_service.is_opted_out,
-        familiar_name=familiar.character.display_name,
-        aliases=familiar.character.aliases,
-        operator_ids=service.operator_ids,
+    manager = attach_voice(
+        familiar,
+        r.service,
+        transcriber,
+        synthesizer,
         config=VoiceConfig.from_character(
             familiar.character,
             cache_dir=settings.familiar_dir / "cache",
             **{**VOICE_KNOBS, **voice_config},
         ),
-        outbound=service.outbound,
-        sink_stats=service.sink_stats,
     )
-    # What app._discord_service does once the service exists, and app.connect_adapters.
-    service.voice = manager
-    familiar.subscription_checks.append(manager.is_subscribed)
+    # What app.connect_adapters does once the dashboard exists.
     manager.attach_status(r.dashboard.providers.report)
     return manager
 
