@@ -40,6 +40,7 @@ __all__ = [
     "RunContext",
     "Target",
     "app_logging",
+    "bench_familiar",
     "bootstrap_ratio",
     "environment",
     "percentile",
@@ -431,6 +432,34 @@ def app_logging(path: Path) -> Iterator[None]:
             yield
         finally:
             configure_logging(level="WARNING", fmt="json")
+
+
+def bench_familiar(
+    config: dict[str, Any], *, familiar_id: str, character_toml: str, **options: Any
+) -> tuple[Any, Any]:
+    """A benchmark child's familiar: its settings and character, as ``familiar run`` loads them.
+
+    The LLM points at the driver's fake (``config["llm_base"]``/``["llm_key"]``) without
+    retries, data lives in ``config["data_dir"]``; ``options`` are the platform settings.
+
+    Returns:
+        ``(settings, character)``.
+    """
+    from familiar_connect.character import load_character
+    from familiar_connect.settings import load_settings
+
+    settings = load_settings(
+        env_file=None,
+        familiar_id=familiar_id,
+        familiar_data_dir=Path(config["data_dir"]),
+        openrouter_base_url=config["llm_base"],
+        openrouter_api_key=config["llm_key"],
+        llm_max_retries=0,
+        **options,
+    )
+    settings.familiar_dir.mkdir(parents=True, exist_ok=True)
+    (settings.familiar_dir / "character.toml").write_text(character_toml)
+    return settings, load_character(settings.familiar_id, settings.familiar_dir)
 
 
 def rss_kib(pid: int) -> dict[str, int] | None:

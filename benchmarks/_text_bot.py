@@ -30,7 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._child import ChildControl, child_main
-from benchmarks._harness import LoopLagSentinel, cpu_seconds, rss_kib, summarize
+from benchmarks._harness import (
+    LoopLagSentinel,
+    app_logging,
+    bench_familiar,
+    cpu_seconds,
+    rss_kib,
+    summarize,
+)
 
 BENCH_CHARACTER = """\
 [memory_writer]
@@ -92,32 +99,20 @@ class _PhaseStats:
 
 async def main(config: dict[str, Any], control: ChildControl) -> dict[str, Any]:
     from familiar_connect.app import open_familiar
-    from familiar_connect.character import load_character
-    from familiar_connect.logs import configure_logging
     from familiar_connect.platforms.discord import DiscordService
     from familiar_connect.platforms.discord.sink import OutboundLimiter
-    from familiar_connect.settings import load_settings
     from familiar_connect.supervisor import Supervisor
 
-    data_dir = Path(config["data_dir"])
-    log_stream = Path(config["app_log"]).open("a", buffering=1)  # noqa: ASYNC230, SIM115 - once, at start; closed below
-    try:
-        configure_logging(level="INFO", fmt="json", stream=log_stream)
-        settings = load_settings(
-            env_file=None,
+    with app_logging(Path(config["app_log"])):
+        settings, character = bench_familiar(
+            config,
             familiar_id="benchbot",
-            familiar_data_dir=data_dir,
-            openrouter_base_url=config["llm_base"],
-            openrouter_api_key=config["llm_key"],
-            llm_max_retries=0,
+            character_toml=BENCH_CHARACTER,
             discord_token=config["bot_token"],
             discord_api_base=config["discord_api"],
             discord_gateway_url=config["discord_gateway"],
             discord_operator_ids="",
         )
-        settings.familiar_dir.mkdir(parents=True, exist_ok=True)
-        (settings.familiar_dir / "character.toml").write_text(BENCH_CHARACTER)
-        character = load_character(settings.familiar_id, settings.familiar_dir)
         phases = _PhaseStats()
         async with open_familiar(settings, character) as familiar:
             service = DiscordService(
@@ -174,8 +169,6 @@ async def main(config: dict[str, Any], control: ChildControl) -> dict[str, Any]:
                 "rss": rss_kib(os.getpid()),
             }
         return result
-    finally:
-        log_stream.close()
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._child import ChildControl, child_main
+from benchmarks._harness import app_logging, bench_familiar
 from benchmarks._twitch_common import LagHistogram, LoopLagProbe, sent_ns
 
 BENCH_CHARACTER = """\
@@ -188,27 +189,19 @@ def _counters(service: Any, familiar: Any, probes: _Probes) -> dict[str, Any]:
 
 async def main(config: dict[str, Any], control: ChildControl) -> dict[str, Any]:
     from familiar_connect.app import open_familiar
-    from familiar_connect.character import load_character
-    from familiar_connect.logs import configure_logging
     from familiar_connect.platforms.twitch.service import TwitchService
     from familiar_connect.platforms.twitch.tokens import StoredToken, TwitchTokenStore
-    from familiar_connect.settings import load_settings
     from familiar_connect.storage.vault import Vault
     from familiar_connect.supervisor import Supervisor
 
     if config.get("tracemalloc"):
         tracemalloc.start(1)
-    log_stream = Path(config["app_log"]).open("a", buffering=1)  # noqa: ASYNC230, SIM115 - once, at start; closed below
-    try:
-        configure_logging(level="INFO", fmt="json", stream=log_stream)
-        settings = load_settings(
-            env_file=None,
+    with app_logging(Path(config["app_log"])):
+        settings, character = bench_familiar(
+            config,
             familiar_id="benchtwitch",
-            familiar_data_dir=Path(config["data_dir"]),
+            character_toml=BENCH_CHARACTER + config.get("character_extra", ""),
             familiar_master_key=config["master_key"],
-            openrouter_base_url=config["llm_base"],
-            openrouter_api_key=config["llm_key"],
-            llm_max_retries=0,
             twitch_client_id=config["client_id"],
             twitch_client_secret=config["client_secret"],
             twitch_channel=config["channel"],
@@ -217,11 +210,6 @@ async def main(config: dict[str, Any], control: ChildControl) -> dict[str, Any]:
             twitch_eventsub_ws=config["eventsub_url"],
             dashboard_enabled=False,
         )
-        settings.familiar_dir.mkdir(parents=True, exist_ok=True)
-        (settings.familiar_dir / "character.toml").write_text(
-            BENCH_CHARACTER + config.get("character_extra", "")
-        )
-        character = load_character(settings.familiar_id, settings.familiar_dir)
         probes = _Probes()
         async with open_familiar(settings, character) as familiar:
             store = TwitchTokenStore(Vault(familiar.db, settings.master_keys()))
@@ -304,8 +292,6 @@ async def main(config: dict[str, Any], control: ChildControl) -> dict[str, Any]:
                     async with asyncio.timeout(30):
                         await task
             return {"loop_lag_ms": lag_report, "snapshot": service.snapshot()}
-    finally:
-        log_stream.close()
 
 
 if __name__ == "__main__":

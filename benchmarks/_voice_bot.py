@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._child import ChildControl, child_main
-from benchmarks._harness import cpu_seconds, rss_kib
+from benchmarks._harness import app_logging, bench_familiar, cpu_seconds, rss_kib
 from benchmarks._voice_stalls import StallSentinel
 
 BENCH_CHARACTER = """\
@@ -102,22 +102,13 @@ class _Recorder:
 
 async def main(config: dict[str, Any], control: ChildControl) -> dict[str, Any]:
     from familiar_connect.app import _discord_service, open_familiar
-    from familiar_connect.character import load_character
-    from familiar_connect.logs import configure_logging
-    from familiar_connect.settings import load_settings
     from familiar_connect.supervisor import Supervisor
 
-    data_dir = Path(config["data_dir"])
-    log_stream = Path(config["app_log"]).open("a", buffering=1)  # noqa: ASYNC230, SIM115 - once, at start; closed below
-    try:
-        configure_logging(level="INFO", fmt="json", stream=log_stream)
-        settings = load_settings(
-            env_file=None,
+    with app_logging(Path(config["app_log"])):
+        settings, character = bench_familiar(
+            config,
             familiar_id="benchvoice",
-            familiar_data_dir=data_dir,
-            openrouter_base_url=config["llm_base"],
-            openrouter_api_key=config["llm_key"],
-            llm_max_retries=0,
+            character_toml=BENCH_CHARACTER,
             discord_token=config["bot_token"],
             discord_api_base=config["discord_api"],
             discord_gateway_url=config["discord_gateway"],
@@ -130,9 +121,6 @@ async def main(config: dict[str, Any], control: ChildControl) -> dict[str, Any]:
             cartesia_base_url=config["cartesia_base"],
             cartesia_ws_base_url=config["cartesia_ws"],
         )
-        settings.familiar_dir.mkdir(parents=True, exist_ok=True)
-        (settings.familiar_dir / "character.toml").write_text(BENCH_CHARACTER)
-        character = load_character(settings.familiar_id, settings.familiar_dir)
         recorder = _Recorder()
         async with open_familiar(settings, character) as familiar:
             service: Any = _discord_service(familiar)
@@ -187,8 +175,6 @@ async def main(config: dict[str, Any], control: ChildControl) -> dict[str, Any]:
                     async with asyncio.timeout(30):
                         await task
         return result
-    finally:
-        log_stream.close()
 
 
 def _set_listen(voice: Any, options: dict[str, Any]) -> None:
