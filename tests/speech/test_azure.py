@@ -445,7 +445,7 @@ class TestAzureContext:
             context._deliver(SynthesisEvent(kind="audio", audio=b"\x01\x00" * 48_000))
             context._request_base_s = context.audio_bytes / 96_000
             context._deliver(SynthesisEvent(kind="word", word="next", start_s=0.1, end_s=0.3))
-            items = list(context._items)
+            items = list(context._buffer._items)
             assert isinstance(items[0], AudioChunk) and len(items[0].pcm) == 96_000
             assert items[1] == WordTiming(word="next", start_s=1.1, end_s=1.3)
             assert context.first_audio_ns is not None
@@ -458,7 +458,7 @@ class TestAzureContext:
         context = AzureContext(synthesizer)
         try:
             context._deliver(SynthesisEvent(kind="audio", audio=b"\x00" * 96_000))
-            assert synthesizer.overflows == 1 and not context._items
+            assert synthesizer.overflows == 1 and not context._buffer._items
             with pytest.raises(ProviderError, match="not consumed"):
                 async for _ in context.stream():
                     pass

@@ -40,7 +40,6 @@ import contextlib
 import gc
 import time
 import weakref
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -59,7 +58,7 @@ from familiar_connect.speech.azure_sdk import (
     make_speech_config,
     validate_host,
 )
-from familiar_connect.speech.tts.base import SAMPLE_RATE_HZ, AudioChunk, WordTiming
+from familiar_connect.speech.tts.base import SAMPLE_RATE_HZ, AudioChunk, ReplyBuffer, WordTiming
 
 __all__ = [
     "DEFAULT_VOICE",
@@ -212,8 +211,7 @@ class AzureContext:
         self._owner = owner
         self._pending: list[str] = []
         self._wake = asyncio.Event()
-        self._items: deque[AudioChunk | WordTiming] = deque()
-        self._buffered_bytes = 0
+        self._buffer = ReplyBuffer(owner.max_buffered_bytes)
         self._ready = asyncio.Event()
         self._finished = False
         self._done = False
@@ -275,10 +273,7 @@ class AzureContext:
                 (:class:`ProviderTimeout`, see ``stall_timeout_s``).
         """
         while True:
-            while self._items:
-                item = self._items.popleft()
-                if isinstance(item, AudioChunk):
-                    self._buffered_bytes -= len(item.pcm)
+            for item in self._buffer.take():
                 yield item
             if self._cancelled or self._done:
                 return
@@ -294,8 +289,7 @@ class AzureContext:
         if self._cancelled:
             return
         self._cancelled = True
-        self._items.clear()
-        self._buffered_bytes = 0
+        self._buffer.clear()
         self._pending.clear()
         self._ready.set()
         self._wake.set()
@@ -434,20 +428,16 @@ class AzureContext:
             if self.first_audio_ns is None:
                 self.first_audio_ns = now
             self.audio_bytes += len(pcm)
-            self._buffered_bytes += len(pcm)
-            self._items.append(AudioChunk(pcm=pcm, received_ns=now))
-            if self._buffered_bytes > self._owner.max_buffered_bytes:
+            if not self._buffer.add_audio(AudioChunk(pcm=pcm, received_ns=now)):
                 self._owner.overflows += 1
                 log.warning("azure_tts_context_overflow")
-                self._items.clear()
-                self._buffered_bytes = 0
                 self._fail(
                     ProviderError("audio was not consumed; reply dropped", provider=PROVIDER)
                 )
                 self._owner._stop_in_background()
         elif event.kind == "word":
             base = self._request_base_s
-            self._items.append(
+            self._buffer.add_timing(
                 WordTiming(
                     word=event.word,
                     start_s=round(base + event.start_s, 4),

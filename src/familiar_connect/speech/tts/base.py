@@ -9,11 +9,19 @@ interleaved with word timings so a barge-in can record only what was played.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-__all__ = ["SAMPLE_RATE_HZ", "AudioChunk", "SynthesisContext", "Synthesizer", "WordTiming"]
+__all__ = [
+    "SAMPLE_RATE_HZ",
+    "AudioChunk",
+    "ReplyBuffer",
+    "SynthesisContext",
+    "Synthesizer",
+    "WordTiming",
+]
 
 SAMPLE_RATE_HZ = 48_000
 
@@ -33,6 +41,46 @@ class WordTiming:
     word: str
     start_s: float
     end_s: float
+
+
+class ReplyBuffer:
+    """A context's received audio and word timings, in order, until the consumer takes them.
+
+    Bounded by the bytes of audio not yet taken: a consumer that stops reading must not
+    let a provider fill the memory, so the reply is dropped instead (the caller decides
+    how to fail it).
+    """
+
+    __slots__ = ("_items", "buffered_bytes", "max_bytes")
+
+    def __init__(self, max_bytes: int) -> None:
+        self._items: deque[AudioChunk | WordTiming] = deque()
+        self.buffered_bytes = 0
+        self.max_bytes = max_bytes
+
+    def add_audio(self, chunk: AudioChunk) -> bool:
+        """Queue audio; False (and everything dropped) when the consumer is ``max_bytes`` behind."""
+        self.buffered_bytes += len(chunk.pcm)
+        self._items.append(chunk)
+        if self.buffered_bytes > self.max_bytes:
+            self.clear()
+            return False
+        return True
+
+    def add_timing(self, timing: WordTiming) -> None:
+        self._items.append(timing)
+
+    def clear(self) -> None:
+        self._items.clear()
+        self.buffered_bytes = 0
+
+    def take(self) -> Iterator[AudioChunk | WordTiming]:
+        """Everything queued so far, oldest first, each removed as it is handed out."""
+        while self._items:
+            item = self._items.popleft()
+            if isinstance(item, AudioChunk):
+                self.buffered_bytes -= len(item.pcm)
+            yield item
 
 
 @runtime_checkable

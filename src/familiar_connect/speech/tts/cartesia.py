@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections import deque
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -48,7 +47,7 @@ from familiar_connect.errors import (
     ProviderTimeout,
 )
 from familiar_connect.llm.sse import error_for_status
-from familiar_connect.speech.tts.base import SAMPLE_RATE_HZ, AudioChunk, WordTiming
+from familiar_connect.speech.tts.base import SAMPLE_RATE_HZ, AudioChunk, ReplyBuffer, WordTiming
 
 if TYPE_CHECKING:
     from cartesia.lib._tts import AsyncTTSResourceConnection
@@ -175,8 +174,7 @@ class CartesiaContext:
         self.context_id = str(uuid.uuid4())
         self._owner = owner
         self._connection = connection
-        self._items: deque[AudioChunk | WordTiming] = deque()
-        self._buffered_bytes = 0
+        self._buffer = ReplyBuffer(owner.max_buffered_bytes)
         self._ready = asyncio.Event()
         self._done = False
         self._cancelled = False
@@ -274,10 +272,7 @@ class CartesiaContext:
         """
         stall_ns = self._owner.stall_timeout_ns
         while True:
-            while self._items:
-                item = self._items.popleft()
-                if isinstance(item, AudioChunk):
-                    self._buffered_bytes -= len(item.pcm)
+            for item in self._buffer.take():
                 yield item
             if self._cancelled or self._done:
                 return
@@ -302,8 +297,7 @@ class CartesiaContext:
         if self._cancelled:
             return
         self._cancelled = True
-        self._items.clear()
-        self._buffered_bytes = 0
+        self._buffer.clear()
         self._ready.set()
         if not self._done and self._failure is None:
             await self._cancel_remote()
@@ -330,13 +324,9 @@ class CartesiaContext:
                 if self.first_audio_ns is None:
                     self.first_audio_ns = now
                 self.audio_bytes += len(pcm)
-                self._buffered_bytes += len(pcm)
-                self._items.append(AudioChunk(pcm=pcm, received_ns=now))
-                if self._buffered_bytes > self._owner.max_buffered_bytes:
+                if not self._buffer.add_audio(AudioChunk(pcm=pcm, received_ns=now)):
                     self._owner.overflows += 1
                     log.warning("cartesia_context_overflow", context_id=self.context_id)
-                    self._items.clear()
-                    self._buffered_bytes = 0
                     self._fail(
                         ProviderError("audio was not consumed; reply dropped", provider=PROVIDER)
                     )
@@ -348,7 +338,7 @@ class CartesiaContext:
             stamps = event.word_timestamps
             if stamps is not None:
                 for word, start, end in zip(stamps.words, stamps.start, stamps.end, strict=False):
-                    self._items.append(
+                    self._buffer.add_timing(
                         WordTiming(word=word, start_s=float(start), end_s=float(end))
                     )
         elif isinstance(event, Done):
