@@ -69,7 +69,7 @@ from familiar_connect.speech.azure_sdk import (
     make_speech_config,
     validate_host,
 )
-from familiar_connect.speech.stt.base import SAMPLE_RATE_HZ, TranscriptEvent
+from familiar_connect.speech.stt.base import SAMPLE_RATE_HZ, TranscriptEvent, normalise_terms
 from familiar_connect.speech.stt.queue import TranscriptQueue
 
 __all__ = [
@@ -266,16 +266,7 @@ def to_transcript_event(
 
 def normalise_phrases(terms: Sequence[str]) -> list[str]:
     """Strip, de-duplicate (case-insensitively, first spelling wins) and cap phrase-list terms."""
-    seen: set[str] = set()
-    out: list[str] = []
-    for raw in terms:
-        term = " ".join(raw.split())[:_MAX_PHRASE_CHARS]
-        if term and term.lower() not in seen:
-            seen.add(term.lower())
-            out.append(term)
-        if len(out) >= _MAX_PHRASES:
-            break
-    return out
+    return normalise_terms(terms, max_terms=_MAX_PHRASES, max_chars=_MAX_PHRASE_CHARS)
 
 
 # -- the SDK objects of one recognition ---------------------------------------------------------

@@ -13,9 +13,35 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
-__all__ = ["SAMPLE_RATE_HZ", "SpeechStream", "TranscriptEvent", "TranscriptKind", "Transcriber"]
+__all__ = [
+    "SAMPLE_RATE_HZ",
+    "SpeechStream",
+    "TranscriptEvent",
+    "TranscriptKind",
+    "Transcriber",
+    "normalise_terms",
+]
 
 SAMPLE_RATE_HZ = 48_000
+
+
+def normalise_terms(terms: Sequence[str], *, max_terms: int, max_chars: int) -> list[str]:
+    """Vocabulary hints (names, aliases) for a provider: whitespace collapsed, capped, de-duplicated.
+
+    De-duplication is case-insensitive and the first spelling wins.
+    """
+    seen: set[str] = set()
+    out: list[str] = []
+    for raw in terms:
+        term = " ".join(raw.split())[:max_chars]
+        if term and term.lower() not in seen:
+            seen.add(term.lower())
+            out.append(term)
+        if len(out) >= max_terms:
+            break
+    return out
+
+
 """Audio handed to providers: 48 kHz mono s16le (providers resample if they need to)."""
 
 TranscriptKind = Literal["speech_started", "interim", "final", "utterance_end"]

@@ -51,7 +51,7 @@ from familiar_connect.errors import (
 )
 from familiar_connect.llm.sse import error_for_status
 from familiar_connect.speech.audio import ReplayBuffer
-from familiar_connect.speech.stt.base import SAMPLE_RATE_HZ, TranscriptEvent
+from familiar_connect.speech.stt.base import SAMPLE_RATE_HZ, TranscriptEvent, normalise_terms
 from familiar_connect.speech.stt.queue import TranscriptQueue
 from familiar_connect.status import StatusReporter, report_status
 
@@ -96,16 +96,7 @@ _FATAL = (ProviderAuthError, ProviderQuotaError, ProviderBadRequest)
 
 def normalise_keyterms(terms: Sequence[str]) -> list[str]:
     """Strip, de-duplicate (case-insensitively, first spelling wins) and cap keyterms."""
-    seen: set[str] = set()
-    out: list[str] = []
-    for raw in terms:
-        term = " ".join(raw.split())[:_MAX_KEYTERM_CHARS]
-        if term and term.lower() not in seen:
-            seen.add(term.lower())
-            out.append(term)
-        if len(out) >= _MAX_KEYTERMS:
-            break
-    return out
+    return normalise_terms(terms, max_terms=_MAX_KEYTERMS, max_chars=_MAX_KEYTERM_CHARS)
 
 
 def _status_error(status: int | None) -> ProviderError:
